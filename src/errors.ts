@@ -1,0 +1,46 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
+
+/** The ErrorInfo domain of every error taskstream raises. */
+export const ERROR_DOMAIN = "taskstream";
+
+/**
+ * The machine-readable reasons clients can switch on, each carried in a
+ * google.rpc.ErrorInfo detail next to its gRPC status code.
+ */
+export type ErrorReason =
+  | "INVALID_ARGUMENT"
+  | "TASK_NOT_FOUND"
+  | "INVALID_TRANSITION"
+  | "LEASE_MISMATCH"
+  | "LEASE_EXPIRED"
+  | "INVALID_PAGE_TOKEN"
+  | "PAGE_TOKEN_MISMATCH"
+  | "CURSOR_EXPIRED"
+  | "SHUTTING_DOWN";
+
+/** Builds a ConnectError whose details hold an ErrorInfo with the reason and metadata. */
+export function taskstreamError(
+  code: Code,
+  reason: ErrorReason,
+  message: string,
+  metadata: Record<string, string> = {},
+): ConnectError {
+  const info = create(ErrorInfoSchema, { reason, domain: ERROR_DOMAIN, metadata });
+  return new ConnectError(message, code, undefined, [{ desc: ErrorInfoSchema, value: info }]);
+}
+
+export function invalidArgument(field: string, message: string): ConnectError {
+  return taskstreamError(Code.InvalidArgument, "INVALID_ARGUMENT", `${field}: ${message}`, { field });
+}
+
+export function taskNotFound(taskId: string): ConnectError {
+  return taskstreamError(Code.NotFound, "TASK_NOT_FOUND", `task ${taskId} not found`, { task_id: taskId });
+}
+
+/** Reads the ErrorInfo reason of an error, for tests and clients. */
+export function errorReason(err: unknown): string | undefined {
+  const connectErr = ConnectError.from(err);
+  return connectErr.findDetails(ErrorInfoSchema)[0]?.reason;
+}

@@ -1,0 +1,66 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { compressionBrotli, compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Settings } from "../config.js";
+import { LogSignal } from "../fanout/log-signal.js";
+import { createLogger, type Logger } from "../log.js";
+import type { ServiceDeps } from "../service/deps.js";
+import { describeLocation, openDatabase } from "../storage/connect.js";
+import { lastSequence } from "../storage/event-log.js";
+import { migrateToLatest } from "../storage/migrate.js";
+import { TaskStore } from "../storage/task-store.js";
+import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
+import { WorkerService } from "../../gen/taskstream/v1/worker_service_pb.js";
+import { HealthStatus } from "./health.js";
+import { listen } from "./listener.js";
+import { routes } from "./routes.js";
+
+/** gRPC clients refuse messages over 4 MiB by default; the server holds to the same. */
+export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+/** Smaller messages cost more to compress than they save. */
+const COMPRESS_MIN_BYTES = 1024;
+
+export interface TaskstreamServer {
+  /** Base URL, such as http://127.0.0.1:7420. */
+  url: string;
+  port: number;
+  deps: ServiceDeps;
+  health: HealthStatus;
+  /** Graceful stop: long-polls and streams end, in-flight calls get the grace period. */
+  close(): Promise<void>;
+}
+
+/** Opens storage, migrates it, and serves every protocol on one port. */
+export async function startServer(settings: Settings, logger: Logger = createLogger(settings.logLevel)): Promise<TaskstreamServer> {
+  const db = openDatabase(settings.database);
+  await migrateToLatest(db);
+  const logSignal = new LogSignal();
+  logSignal.notify(await lastSequence(db.kysely));
+  const pendingSignal = new LogSignal();
+  const deps: ServiceDeps = { db, store: new TaskStore(db, { log: logSignal, pending: pendingSignal }), pendingSignal, settings };
+  const health = new HealthStatus([TaskService.typeName, WorkerService.typeName]);
+  const shutdown = new AbortController();
+  const handler = connectNodeAdapter({
+    routes: routes(deps, health),
+    readMaxBytes: MAX_MESSAGE_BYTES,
+    writeMaxBytes: MAX_MESSAGE_BYTES,
+    compressMinBytes: COMPRESS_MIN_BYTES,
+    acceptCompression: [compressionGzip, compressionBrotli],
+    shutdownSignal: shutdown.signal,
+  });
+  const tls = settings.tlsCert && settings.tlsKey ? { certFile: settings.tlsCert, keyFile: settings.tlsKey } : undefined;
+  const listener = await listen(handler, { host: settings.host, port: settings.port, tls });
+  const url = `${tls ? "https" : "http"}://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${listener.port}`;
+  logger.info("taskstream listening", { url, database: describeLocation(settings.database), dialect: db.dialect, tls: !!tls });
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      logger.info("taskstream shutting down", { graceMs: settings.shutdownGraceMs });
+      health.shutdown();
+      shutdown.abort(new ConnectError("server is shutting down; reconnect", Code.Unavailable));
+      await listener.close(settings.shutdownGraceMs);
+      await db.close();
+      logger.info("taskstream stopped");
+    })());
+  return { url, port: listener.port, deps, health, close };
+}

@@ -1,0 +1,13 @@
+import type { Settings } from "../config.js";
+import type { LogSignal } from "../fanout/log-signal.js";
+import type { Db } from "../storage/connect.js";
+import type { TaskStore } from "../storage/task-store.js";
+
+/** What the handlers are built over; the server assembles it once. */
+export interface ServiceDeps {
+  db: Db;
+  store: TaskStore;
+  /** Wakes long-polling claimers when a task becomes pending. */
+  pendingSignal: LogSignal;
+  settings: Settings;
+}

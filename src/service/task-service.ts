@@ -1,0 +1,148 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import { TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
+import {
+  ListTasksRequestSchema,
+  ListTaskEventsRequestSchema,
+  TaskService,
+  TaskTimeField,
+  type ClaimOptions,
+  type ListTasksRequest,
+} from "../../gen/taskstream/v1/task_service_pb.js";
+import { taskNotFound } from "../errors.js";
+import { getTask, listTaskEvents, listTasks, type TimeColumn } from "../storage/task-queries.js";
+import type { ClaimBy } from "../storage/task-store.js";
+import { taskFromRow } from "../storage/task-rows.js";
+import type { ServiceDeps } from "./deps.js";
+import { leaseMessage } from "./leases.js";
+import { decodePageToken, encodePageToken, pageSize, requestFingerprint } from "./pagination.js";
+import { durationMs, intInRange, optionalId, requireEnum, requireId, timestampMs } from "./validate.js";
+
+const TIME_COLUMNS: Record<TaskTimeField, TimeColumn> = {
+  [TaskTimeField.UNSPECIFIED]: "create_time",
+  [TaskTimeField.CREATE_TIME]: "create_time",
+  [TaskTimeField.START_TIME]: "start_time",
+  [TaskTimeField.COMPLETE_TIME]: "complete_time",
+};
+
+/** Producers' and observers' calls. StreamTasks lives in its own module. */
+export function taskService(deps: ServiceDeps): Omit<ServiceImpl<typeof TaskService>, "streamTasks"> {
+  const { store, settings } = deps;
+  return {
+    async dispatchTask(req) {
+      const input = {
+        requestId: optionalId("request_id", req.requestId, 128),
+        toolName: requireId("tool_name", req.toolName),
+        toolCallId: optionalId("tool_call_id", req.toolCallId),
+        args: req.args ?? {},
+        agentId: optionalId("agent_id", req.agentId),
+        runId: optionalId("run_id", req.runId),
+        threadId: optionalId("thread_id", req.threadId),
+        resourceId: optionalId("resource_id", req.resourceId),
+        maxRetries: intInRange("max_retries", req.maxRetries, 0, 100),
+        timeoutMs: durationMs("timeout", req.timeout, { default: settings.taskTimeoutMs, max: settings.maxTaskTimeoutMs }),
+      };
+      const claim = req.claim && claimBy(req.claim, deps);
+      const { task, created, lease } = await store.dispatch(input, claim);
+      return { task: taskFromRow(task), created, lease: lease && leaseMessage(lease) };
+    },
+
+    async cancelTask(req) {
+      const task = await store.cancel(requireId("task_id", req.taskId), optionalId("reason", req.reason, 1024));
+      return { task: taskFromRow(task) };
+    },
+
+    async resumeTask(req) {
+      const claim = req.claim && claimBy(req.claim, deps);
+      const { task, lease } = await store.resume(requireId("task_id", req.taskId), req.resumeData, claim);
+      return { task: taskFromRow(task), lease: lease && leaseMessage(lease) };
+    },
+
+    async getTask(req) {
+      const taskId = requireId("task_id", req.taskId);
+      const task = await getTask(deps.db.kysely, taskId);
+      if (!task) throw taskNotFound(taskId);
+      return { task: taskFromRow(task) };
+    },
+
+    async listTasks(req) {
+      const fingerprint = requestFingerprint(ListTasksRequestSchema, req);
+      const token = req.pageToken === "" ? undefined : decodePageToken(req.pageToken, fingerprint, isTaskPosition);
+      const after = token && { value: token.position.v, taskId: token.position.id };
+      const limit = pageSize(req.pageSize);
+      const page = await listTasks(deps.db.kysely, { ...taskQuery(req), limit, after, countTotal: !token });
+      const total = token?.total ?? page.total!;
+      const last = page.items[page.items.length - 1];
+      const orderBy = TIME_COLUMNS[req.orderBy];
+      return {
+        tasks: page.items.map(taskFromRow),
+        nextPageToken: page.more ? encodePageToken(fingerprint, { position: { v: last[orderBy], id: last.task_id }, total }) : "",
+        totalSize: BigInt(total),
+      };
+    },
+
+    async listTaskEvents(req) {
+      const taskId = requireId("task_id", req.taskId);
+      const fingerprint = requestFingerprint(ListTaskEventsRequestSchema, req);
+      const token = req.pageToken === "" ? undefined : decodePageToken(req.pageToken, fingerprint, isSequence);
+      if (!token && !(await getTask(deps.db.kysely, taskId))) throw taskNotFound(taskId);
+      const page = await listTaskEvents(deps.db.kysely, {
+        taskId,
+        afterSequence: token?.position ?? 0,
+        limit: pageSize(req.pageSize),
+        countTotal: !token,
+      });
+      const total = token?.total ?? page.total!;
+      const last = page.items[page.items.length - 1];
+      return {
+        events: page.items,
+        nextPageToken: page.more ? encodePageToken(fingerprint, { position: Number(last.sequence), total }) : "",
+        totalSize: BigInt(total),
+      };
+    },
+  };
+}
+
+/** The validated ClaimOptions of a dispatch or resume. */
+export function claimBy(claim: ClaimOptions, deps: ServiceDeps): ClaimBy {
+  return {
+    workerId: requireId("claim.worker_id", claim.workerId),
+    leaseMs: durationMs("claim.lease_duration", claim.leaseDuration, { default: deps.settings.leaseMs, max: deps.settings.maxLeaseMs }),
+  };
+}
+
+function taskQuery(req: ListTasksRequest) {
+  const filter = req.filter;
+  const range = req.timeRange;
+  return {
+    filter: {
+      agentId: optionalId("filter.agent_id", filter?.agentId ?? ""),
+      runId: optionalId("filter.run_id", filter?.runId ?? ""),
+      threadId: optionalId("filter.thread_id", filter?.threadId ?? ""),
+      resourceId: optionalId("filter.resource_id", filter?.resourceId ?? ""),
+      taskId: optionalId("filter.task_id", filter?.taskId ?? ""),
+      toolName: optionalId("filter.tool_name", filter?.toolName ?? ""),
+      toolCallId: optionalId("tool_call_id", req.toolCallId),
+    },
+    statuses: req.statuses.map((s, i) => requireEnum(`statuses[${i}]`, s, TaskStatus)),
+    timeRange: range && {
+      column: TIME_COLUMNS[timeField("time_range.field", range.field)],
+      startMs: timestampMs("time_range.start_time", range.startTime),
+      endMs: timestampMs("time_range.end_time", range.endTime),
+    },
+    orderBy: TIME_COLUMNS[timeField("order_by", req.orderBy)],
+    descending: req.descending,
+  };
+}
+
+function timeField(field: string, value: TaskTimeField): TaskTimeField {
+  return value === TaskTimeField.UNSPECIFIED ? value : requireEnum(field, value, TaskTimeField);
+}
+
+function isTaskPosition(value: unknown): value is { v: number; id: string } {
+  const p = value as { v?: unknown; id?: unknown } | null;
+  return typeof p === "object" && p !== null && Number.isSafeInteger(p.v) && typeof p.id === "string";
+}
+
+function isSequence(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
+}

@@ -1,0 +1,48 @@
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { invalidArgument } from "../errors.js";
+import { msFromDuration, msFromTimestamp } from "../domain/time.js";
+
+/** Identifiers and labels are short strings; a longer one is a mistake, not data. */
+export const MAX_ID_LENGTH = 256;
+
+/** A required identifier: non-empty and at most MAX_ID_LENGTH characters. */
+export function requireId(field: string, value: string): string {
+  if (value === "") throw invalidArgument(field, "is required");
+  return optionalId(field, value);
+}
+
+/** An optional identifier: empty, or at most `max` characters. */
+export function optionalId(field: string, value: string, max = MAX_ID_LENGTH): string {
+  if (value.length > max) throw invalidArgument(field, `must be at most ${max} characters`);
+  return value;
+}
+
+/** A duration in milliseconds: the default when unset, refused when not positive or over max. */
+export function durationMs(field: string, value: Duration | undefined, defaults: { default: number; max: number }): number {
+  if (value === undefined) return defaults.default;
+  if (value.nanos < 0 || value.nanos > 999_999_999) throw invalidArgument(field, "has invalid nanos");
+  const ms = msFromDuration(value);
+  if (ms <= 0) throw invalidArgument(field, "must be positive");
+  if (ms > defaults.max) throw invalidArgument(field, `must be at most ${defaults.max} ms`);
+  return ms;
+}
+
+/** A timestamp in milliseconds, or undefined when unset. */
+export function timestampMs(field: string, value: Timestamp | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (value.nanos < 0 || value.nanos > 999_999_999) throw invalidArgument(field, "has invalid nanos");
+  const ms = msFromTimestamp(value);
+  if (!Number.isSafeInteger(ms) || ms < 0) throw invalidArgument(field, "is out of range");
+  return ms;
+}
+
+/** An enum value that is a declared, specified member. */
+export function requireEnum<E extends number>(field: string, value: E, members: Record<number, string>): E {
+  if (value === 0 || members[value] === undefined) throw invalidArgument(field, `has unknown value ${value}`);
+  return value;
+}
+
+export function intInRange(field: string, value: number, min: number, max: number): number {
+  if (value < min || value > max) throw invalidArgument(field, `must be between ${min} and ${max}`);
+  return value;
+}

@@ -1,0 +1,88 @@
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { WorkerService, type ClaimTasksRequest } from "../../gen/taskstream/v1/worker_service_pb.js";
+import { TaskErrorSchema } from "../../gen/taskstream/v1/task_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { invalidArgument } from "../errors.js";
+import { msFromDuration } from "../domain/time.js";
+import { taskFromRow } from "../storage/task-rows.js";
+import type { ServiceDeps } from "./deps.js";
+import { leaseMessage } from "./leases.js";
+import { durationMs, intInRange, requireId } from "./validate.js";
+
+export const MAX_CLAIM_BATCH = 100;
+/** Claimers look again this often even unwoken, for work other replicas queue. */
+const CLAIM_POLL_MS = 1000;
+/** A long-poll answers this long before the client's deadline, so an empty answer beats DEADLINE_EXCEEDED. */
+const DEADLINE_MARGIN_MS = 100;
+
+/** Workers' calls: claim, then heartbeat, report and finish under a lease. */
+export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerService> {
+  const { store, settings } = deps;
+  const leaseMs = (field: string, value: Parameters<typeof durationMs>[1]) =>
+    durationMs(field, value, { default: settings.leaseMs, max: settings.maxLeaseMs });
+
+  return {
+    async claimTasks(req, ctx) {
+      const request = {
+        workerId: requireId("worker_id", req.workerId),
+        toolNames: req.toolNames.map((name, i) => requireId(`tool_names[${i}]`, name)),
+        maxTasks: req.maxTasks === 0 ? 1 : intInRange("max_tasks", req.maxTasks, 1, MAX_CLAIM_BATCH),
+        leaseMs: leaseMs("lease_duration", req.leaseDuration),
+      };
+      const deadline = Date.now() + waitMs(req, ctx, settings.maxClaimWaitMs);
+      for (;;) {
+        if (ctx.signal.aborted) return { tasks: [] };
+        const claimed = await store.claim(request);
+        const left = deadline - Date.now();
+        if (claimed.length > 0 || left <= 0) {
+          return { tasks: claimed.map(({ task, lease }) => ({ task: taskFromRow(task), lease: leaseMessage(lease) })) };
+        }
+        await deps.pendingSignal.next(Math.min(left, CLAIM_POLL_MS), ctx.signal);
+      }
+    },
+
+    async heartbeat(req) {
+      const task = await store.heartbeat(
+        requireId("task_id", req.taskId),
+        requireId("lease_id", req.leaseId),
+        leaseMs("lease_duration", req.leaseDuration),
+      );
+      return {
+        lease: leaseMessage({ leaseId: task.lease_id, expireTime: task.lease_expire_time }),
+        cancelRequested: task.cancel_requested === 1,
+      };
+    },
+
+    async reportOutput(req) {
+      if (req.output === undefined) throw invalidArgument("output", "is required");
+      const task = await store.reportOutput(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), req.output);
+      return { sequence: BigInt(task.sequence) };
+    },
+
+    async completeTask(req) {
+      const task = await store.complete(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), req.result);
+      return { task: taskFromRow(task) };
+    },
+
+    async failTask(req) {
+      const error = req.error ?? create(TaskErrorSchema, { message: "failed without an error" });
+      const task = await store.fail(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), error);
+      return { task: taskFromRow(task) };
+    },
+
+    async suspendTask(req) {
+      const task = await store.suspend(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), req.payload);
+      return { task: taskFromRow(task) };
+    },
+  };
+}
+
+/** How long this claim may wait: what the worker asked, capped by the server and the call's deadline. */
+function waitMs(req: ClaimTasksRequest, ctx: HandlerContext, maxWaitMs: number): number {
+  if (req.wait === undefined) return 0;
+  const wait = msFromDuration(req.wait);
+  if (wait < 0 || req.wait.nanos < 0) throw invalidArgument("wait", "must not be negative");
+  const asked = Math.min(wait, maxWaitMs);
+  const budget = ctx.timeoutMs();
+  return budget === undefined ? asked : Math.max(0, Math.min(asked, budget - DEADLINE_MARGIN_MS));
+}

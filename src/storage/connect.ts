@@ -1,0 +1,59 @@
+import BetterSqlite3 from "better-sqlite3";
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import { Kysely, PostgresDialect, SqliteDialect } from "kysely";
+import pg from "pg";
+import type { Database } from "./schema.js";
+
+export type DialectName = "sqlite" | "postgres";
+
+/** An open database with the dialect it speaks. */
+export interface Db {
+  kysely: Kysely<Database>;
+  dialect: DialectName;
+  close(): Promise<void>;
+}
+
+/** Opens a `postgres://` URL, or otherwise a SQLite file path (created with its folder). */
+export function openDatabase(location: string, options: { poolSize?: number } = {}): Db {
+  const kysely = isPostgresUrl(location)
+    ? new Kysely<Database>({ dialect: new PostgresDialect({ pool: postgresPool(location, options.poolSize ?? 10) }) })
+    : new Kysely<Database>({ dialect: new SqliteDialect({ database: sqliteDatabase(location) }) });
+  return {
+    kysely,
+    dialect: isPostgresUrl(location) ? "postgres" : "sqlite",
+    close: () => kysely.destroy(),
+  };
+}
+
+export function isPostgresUrl(location: string): boolean {
+  return /^postgres(ql)?:\/\//.test(location);
+}
+
+/** Redacts the password of a database URL, for logs. */
+export function describeLocation(location: string): string {
+  return isPostgresUrl(location) ? location.replace(/\/\/([^:/@]+):[^@]*@/, "//$1:***@") : location;
+}
+
+function postgresPool(url: string, max: number): pg.Pool {
+  return new pg.Pool({
+    connectionString: url,
+    max,
+    // BIGINT columns hold epoch milliseconds and sequences: well inside 2^53.
+    types: {
+      getTypeParser: ((oid: number, format?: "text" | "binary") =>
+        oid === pg.types.builtins.INT8 ? Number : pg.types.getTypeParser(oid, format as "text")) as typeof pg.types.getTypeParser,
+    },
+  });
+}
+
+function sqliteDatabase(path: string): BetterSqlite3.Database {
+  if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+  const db = new BetterSqlite3(path);
+  db.pragma("journal_mode = WAL");
+  // WAL with NORMAL sync loses no committed transaction on a process crash,
+  // only on power loss, and spares an fsync per commit.
+  db.pragma("synchronous = NORMAL");
+  db.pragma("busy_timeout = 5000");
+  return db;
+}

@@ -1,0 +1,20 @@
+import { Migrator, type Migration, type MigrationProvider } from "kysely";
+import type { Db } from "./connect.js";
+import * as initial from "./migrations/2026-11-24-initial.js";
+
+/** Brings the schema up to date; safe to run at every start, by every replica. */
+export async function migrateToLatest(db: Db): Promise<void> {
+  const migrator = new Migrator({ db: db.kysely, provider: provider(db) });
+  const { error, results } = await migrator.migrateToLatest();
+  const failed = results?.find((r) => r.status === "Error");
+  if (error || failed) {
+    throw new Error(`migration ${failed?.migrationName ?? ""} failed: ${String(error)}`, { cause: error });
+  }
+}
+
+function provider(db: Db): MigrationProvider {
+  const migrations: Record<string, Migration> = {
+    "2026-11-24-initial": { up: (k) => initial.up(k, db.dialect) },
+  };
+  return { getMigrations: async () => migrations };
+}

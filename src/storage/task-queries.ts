@@ -1,0 +1,111 @@
+import { fromBinary } from "@bufbuild/protobuf";
+import type { ExpressionBuilder, Kysely, SelectQueryBuilder } from "kysely";
+import { TaskEventSchema, type TaskEvent, type TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
+import type { Database, TaskRow } from "./schema.js";
+
+/** A time column that lists filter and order by. */
+export type TimeColumn = "create_time" | "start_time" | "complete_time";
+
+/** Equality filters; an empty string matches any value. */
+export interface TaskFilterFields {
+  agentId: string;
+  runId: string;
+  threadId: string;
+  resourceId: string;
+  taskId: string;
+  toolName: string;
+  toolCallId: string;
+}
+
+export interface TaskQuery {
+  filter: TaskFilterFields;
+  statuses: TaskStatus[];
+  /** Tasks whose column is set and in [startMs, endMs). */
+  timeRange?: { column: TimeColumn; startMs?: number; endMs?: number };
+  orderBy: TimeColumn;
+  descending: boolean;
+  limit: number;
+  /** Keyset position: the last task of the previous page. */
+  after?: { value: number; taskId: string };
+  countTotal: boolean;
+}
+
+export interface Page<T> {
+  items: T[];
+  /** Whether anything follows the last item. */
+  more: boolean;
+  total?: number;
+}
+
+const FILTER_COLUMNS = {
+  agentId: "agent_id",
+  runId: "run_id",
+  threadId: "thread_id",
+  resourceId: "resource_id",
+  taskId: "task_id",
+  toolName: "tool_name",
+  toolCallId: "tool_call_id",
+} as const satisfies Record<keyof TaskFilterFields, keyof TaskRow>;
+
+export function getTask(db: Kysely<Database>, taskId: string): Promise<TaskRow | undefined> {
+  return db.selectFrom("tasks").selectAll().where("task_id", "=", taskId).executeTakeFirst();
+}
+
+/** One page of tasks in (order column, task_id) order, found by keyset, never OFFSET. */
+export async function listTasks(db: Kysely<Database>, query: TaskQuery): Promise<Page<TaskRow>> {
+  const matching = db.selectFrom("tasks").where((eb) => eb.and(taskConditions(eb, query)));
+  const direction = query.descending ? "desc" : "asc";
+  let page = matching.selectAll().orderBy(query.orderBy, direction).orderBy("task_id", direction).limit(query.limit + 1);
+  if (query.after) {
+    const { value, taskId } = query.after;
+    page = page.where((eb) =>
+      eb(eb.refTuple(query.orderBy, "task_id"), query.descending ? "<" : ">", eb.tuple(value, taskId)),
+    );
+  }
+  const rows = await page.execute();
+  return {
+    items: rows.slice(0, query.limit),
+    more: rows.length > query.limit,
+    total: query.countTotal ? await count(matching) : undefined,
+  };
+}
+
+/** One page of a task's events, in sequence order. */
+export async function listTaskEvents(
+  db: Kysely<Database>,
+  query: { taskId: string; afterSequence: number; limit: number; countTotal: boolean },
+): Promise<Page<TaskEvent>> {
+  const matching = db.selectFrom("events").where("task_id", "=", query.taskId);
+  const rows = await matching
+    .select("payload")
+    .where("sequence", ">", query.afterSequence)
+    .orderBy("sequence")
+    .limit(query.limit + 1)
+    .execute();
+  return {
+    items: rows.slice(0, query.limit).map((row) => fromBinary(TaskEventSchema, row.payload)),
+    more: rows.length > query.limit,
+    total: query.countTotal ? await count(matching) : undefined,
+  };
+}
+
+function taskConditions(eb: ExpressionBuilder<Database, "tasks">, query: TaskQuery) {
+  const conditions = [];
+  for (const [field, column] of Object.entries(FILTER_COLUMNS) as [keyof TaskFilterFields, keyof TaskRow][]) {
+    const value = query.filter[field];
+    if (value !== "") conditions.push(eb(column, "=", value));
+  }
+  if (query.statuses.length > 0) conditions.push(eb("status", "in", query.statuses));
+  const range = query.timeRange;
+  if (range) {
+    conditions.push(eb(range.column, ">", 0));
+    if (range.startMs !== undefined) conditions.push(eb(range.column, ">=", range.startMs));
+    if (range.endMs !== undefined) conditions.push(eb(range.column, "<", range.endMs));
+  }
+  return conditions;
+}
+
+async function count<T extends keyof Database>(matching: SelectQueryBuilder<Database, T, object>): Promise<number> {
+  const row = await matching.select((eb) => eb.fn.countAll<number | string>().as("n")).executeTakeFirstOrThrow();
+  return Number(row.n);
+}

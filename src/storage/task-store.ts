@@ -1,0 +1,324 @@
+import { randomUUID } from "node:crypto";
+import type { JsonObject } from "@bufbuild/protobuf";
+import type { Value } from "@bufbuild/protobuf/wkt";
+import type { Transaction } from "kysely";
+import { TaskStatus, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
+import { requireLease, requireStatus } from "../domain/transitions.js";
+import { durationFromMs, timestampFromMs } from "../domain/time.js";
+import { taskNotFound } from "../errors.js";
+import type { LogSignal } from "../fanout/log-signal.js";
+import type { Db } from "./connect.js";
+import { appendEvents, type EventKind } from "./event-log.js";
+import type { Database, TaskRow } from "./schema.js";
+import { errorToColumn, valueFromColumn, valueToColumn } from "./task-rows.js";
+
+/** What a producer gives to create a task. */
+export interface NewTask {
+  requestId: string;
+  toolName: string;
+  toolCallId: string;
+  args: JsonObject;
+  agentId: string;
+  runId: string;
+  threadId: string;
+  resourceId: string;
+  maxRetries: number;
+  timeoutMs: number;
+}
+
+/** Who takes a task, and for how long, when it starts running. */
+export interface ClaimBy {
+  workerId: string;
+  leaseMs: number;
+}
+
+export interface Lease {
+  leaseId: string;
+  expireTime: number;
+}
+
+export interface LeasedTask {
+  task: TaskRow;
+  lease: Lease;
+}
+
+/** One step of a change: columns to set, and the event it appends, if any. */
+interface Step {
+  set: Partial<TaskRow>;
+  event?: EventKind;
+}
+
+/** One write transaction: its clock reading, the newest sequence it appended, and whether it queued work. */
+interface Tx {
+  trx: Transaction<Database>;
+  now: number;
+  newestSequence: number;
+  madePending: boolean;
+}
+
+/** Who is woken after a commit: readers of the log, and claimers waiting for work. */
+export interface StoreSignals {
+  log: LogSignal;
+  pending: LogSignal;
+}
+
+/**
+ * Every write to tasks. Each state change updates the task row and appends
+ * its event in one transaction, then wakes this process's readers.
+ */
+export class TaskStore {
+  constructor(
+    readonly db: Db,
+    private readonly signals: StoreSignals,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  /**
+   * Creates a task, or returns the one an earlier dispatch with the same
+   * request_id (or agent_id + tool_call_id) created. With `claim`, the new task
+   * starts RUNNING, leased to the caller.
+   */
+  async dispatch(input: NewTask, claim?: ClaimBy): Promise<{ task: TaskRow; created: boolean; lease?: Lease }> {
+    const { task, created } = await this.transaction(async (tx) => {
+      const existing = await findDuplicate(tx.trx, input);
+      if (existing) return { task: existing, created: false };
+      const pending = newTaskRow(input, tx.now);
+      const inserted = await tx.trx
+        .insertInto("tasks")
+        .values(pending)
+        .onConflict((oc) => oc.doNothing())
+        .returning("task_id")
+        .executeTakeFirst();
+      // A concurrent dispatch with the same identity committed first.
+      if (!inserted) return { task: (await findDuplicate(tx.trx, input))!, created: false };
+      const steps: Step[] = [{ set: { status: TaskStatus.PENDING }, event: { case: "queued", value: queuedEvent(pending) } }];
+      if (claim) steps.push(startRunning(pending, claim, tx.now));
+      return { task: await apply(tx, pending, steps), created: true };
+    });
+    // A retried dispatch-with-claim gets its lease back while the same worker holds it.
+    const holdsLease = claim && task.status === TaskStatus.RUNNING && task.worker_id === claim.workerId;
+    return { task, created, lease: holdsLease ? leaseOf(task) : undefined };
+  }
+
+  /** Leases up to maxTasks pending tasks of the given tools (any when empty), oldest first. */
+  async claim(request: ClaimBy & { toolNames: string[]; maxTasks: number }): Promise<LeasedTask[]> {
+    return this.transaction(async (tx) => {
+      let candidates = tx.trx
+        .selectFrom("tasks")
+        .selectAll()
+        .where("status", "=", TaskStatus.PENDING)
+        .orderBy("create_time")
+        .orderBy("task_id")
+        .limit(request.maxTasks);
+      if (request.toolNames.length > 0) candidates = candidates.where("tool_name", "in", request.toolNames);
+      // Concurrent claimers on PostgreSQL skip each other's rows instead of waiting.
+      if (this.db.dialect === "postgres") candidates = candidates.forUpdate().skipLocked();
+      const pending = await candidates.execute();
+      const claimed: LeasedTask[] = [];
+      for (const task of pending) {
+        const running = await apply(tx, task, [startRunning(task, request, tx.now)]);
+        claimed.push({ task: running, lease: leaseOf(running) });
+      }
+      return claimed;
+    });
+  }
+
+  /** Extends a lease and tells the worker whether cancel was requested. */
+  async heartbeat(taskId: string, leaseId: string, leaseMs: number): Promise<TaskRow> {
+    return this.change(taskId, (task, now) => {
+      requireLease(task, leaseId, "heartbeat", now);
+      return [{ set: { lease_expire_time: now + leaseMs } }];
+    });
+  }
+
+  async reportOutput(taskId: string, leaseId: string, output: Value): Promise<TaskRow> {
+    return this.change(taskId, (task, now) => {
+      requireLease(task, leaseId, "report_output", now);
+      return [{ set: {}, event: { case: "output", value: { output } } }];
+    });
+  }
+
+  async complete(taskId: string, leaseId: string, result: Value | undefined): Promise<TaskRow> {
+    return this.change(taskId, (task, now) => {
+      requireLease(task, leaseId, "complete", now);
+      const set = { status: TaskStatus.COMPLETED, result: valueToColumn(result), complete_time: now };
+      return [{ set, event: { case: "completed", value: { result } } }];
+    });
+  }
+
+  /** Ends the task FAILED, or CANCELLED when a cancel was requested: the failure is its answer. */
+  async fail(taskId: string, leaseId: string, error: TaskError): Promise<TaskRow> {
+    return this.change(taskId, (task, now) => {
+      requireLease(task, leaseId, "fail", now);
+      if (task.cancel_requested) return [cancelStep(task.cancel_reason, now, errorToColumn(error))];
+      const set = { status: TaskStatus.FAILED, error: errorToColumn(error), complete_time: now };
+      return [{ set, event: { case: "failed", value: { error, status: TaskStatus.FAILED } } }];
+    });
+  }
+
+  async suspend(taskId: string, leaseId: string, payload: Value | undefined): Promise<TaskRow> {
+    return this.change(taskId, (task, now) => {
+      requireLease(task, leaseId, "suspend", now);
+      const set = { status: TaskStatus.SUSPENDED, suspend_time: now, suspend_payload: valueToColumn(payload) };
+      return [{ set, event: { case: "suspended", value: { payload } } }];
+    });
+  }
+
+  /**
+   * Cancels a pending or suspended task at once; marks a running one, whose
+   * worker learns it on its next heartbeat. Cancelling a cancelled task is a no-op.
+   */
+  async cancel(taskId: string, reason: string): Promise<TaskRow> {
+    return this.change(taskId, (task, now) => {
+      if (task.status === TaskStatus.CANCELLED) return [];
+      requireStatus(task, "cancel");
+      if (task.status !== TaskStatus.RUNNING) return [cancelStep(reason, now, null)];
+      return task.cancel_requested ? [] : [{ set: { cancel_requested: 1, cancel_reason: reason } }];
+    });
+  }
+
+  /** Makes a suspended task claimable again, or, with `claim`, running at once for the caller. */
+  async resume(taskId: string, resumeData: Value | undefined, claim?: ClaimBy): Promise<{ task: TaskRow; lease?: Lease }> {
+    const task = await this.change(taskId, (task, now) => {
+      requireStatus(task, "resume");
+      const resumed: Step = {
+        set: { status: TaskStatus.PENDING, resume_data: valueToColumn(resumeData) },
+        event: { case: "resumed", value: { resumeData } },
+      };
+      if (!claim) return [resumed];
+      return [resumed, startRunning({ ...task, ...resumed.set }, claim, now)];
+    });
+    return { task, lease: claim ? leaseOf(task) : undefined };
+  }
+
+  /** Loads the task, lets `decide` check it and choose its steps, and applies them. */
+  private async change(taskId: string, decide: (task: TaskRow, now: number) => Step[]): Promise<TaskRow> {
+    return this.transaction(async (tx) => {
+      let select = tx.trx.selectFrom("tasks").selectAll().where("task_id", "=", taskId);
+      if (this.db.dialect === "postgres") select = select.forUpdate();
+      const current = await select.executeTakeFirst();
+      if (!current) throw taskNotFound(taskId);
+      return apply(tx, current, decide(current, tx.now));
+    });
+  }
+
+  /** Runs a write transaction and, once it committed, tells readers how far the log got. */
+  private async transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
+    let committed: Tx | undefined;
+    const result = await this.db.kysely.transaction().execute(async (trx) => {
+      const tx: Tx = { trx, now: this.clock(), newestSequence: 0, madePending: false };
+      const value = await work(tx);
+      committed = tx;
+      return value;
+    });
+    if (committed && committed.newestSequence > 0) {
+      this.signals.log.notify(committed.newestSequence);
+      if (committed.madePending) this.signals.pending.notify(committed.newestSequence);
+    }
+    return result;
+  }
+}
+
+/** Applies steps to a task: one row update, and their events appended in order. */
+async function apply(tx: Tx, task: TaskRow, steps: Step[]): Promise<TaskRow> {
+  if (steps.length === 0) return task;
+  let next = task;
+  const entries: { task: TaskRow; kind: EventKind }[] = [];
+  for (const step of steps) {
+    next = { ...next, ...step.set };
+    if (step.set.status === TaskStatus.PENDING) tx.madePending = true;
+    if (step.event) entries.push({ task: next, kind: step.event });
+  }
+  const events = await appendEvents(tx.trx, entries, tx.now);
+  if (events.length > 0) {
+    next = { ...next, sequence: Number(events[events.length - 1].sequence) };
+    tx.newestSequence = next.sequence;
+  }
+  const { task_id, ...columns } = next;
+  await tx.trx.updateTable("tasks").set(columns).where("task_id", "=", task_id).execute();
+  return next;
+}
+
+function newTaskRow(input: NewTask, now: number): TaskRow {
+  return {
+    task_id: randomUUID(),
+    request_id: input.requestId === "" ? null : input.requestId,
+    status: TaskStatus.PENDING,
+    tool_name: input.toolName,
+    tool_call_id: input.toolCallId,
+    agent_id: input.agentId,
+    run_id: input.runId,
+    thread_id: input.threadId,
+    resource_id: input.resourceId,
+    args: JSON.stringify(input.args),
+    result: null,
+    error: null,
+    create_time: now,
+    start_time: 0,
+    suspend_time: 0,
+    complete_time: 0,
+    attempt: 0,
+    max_retries: input.maxRetries,
+    timeout_ms: input.timeoutMs,
+    sequence: 0,
+    cancel_requested: 0,
+    cancel_reason: "",
+    suspend_payload: null,
+    resume_data: null,
+    worker_id: "",
+    lease_id: "",
+    lease_expire_time: 0,
+  };
+}
+
+/** The task an earlier dispatch with the same identity created, if any. */
+function findDuplicate(trx: Transaction<Database>, input: NewTask): Promise<TaskRow | undefined> {
+  if (input.requestId === "" && input.toolCallId === "") return Promise.resolve(undefined);
+  return trx
+    .selectFrom("tasks")
+    .selectAll()
+    .where((eb) =>
+      eb.or([
+        ...(input.requestId !== "" ? [eb("request_id", "=", input.requestId)] : []),
+        ...(input.toolCallId !== ""
+          ? [eb.and([eb("agent_id", "=", input.agentId), eb("tool_call_id", "=", input.toolCallId)])]
+          : []),
+      ]),
+    )
+    .executeTakeFirst();
+}
+
+function queuedEvent(task: TaskRow) {
+  return { args: JSON.parse(task.args) as JsonObject, maxRetries: task.max_retries, timeout: durationFromMs(task.timeout_ms) };
+}
+
+/** PENDING -> RUNNING under a fresh lease. The first claim makes attempt 1. */
+function startRunning(task: TaskRow, claim: ClaimBy, now: number): Step {
+  const set = {
+    status: TaskStatus.RUNNING,
+    attempt: Math.max(task.attempt, 1),
+    start_time: now,
+    worker_id: claim.workerId,
+    lease_id: randomUUID(),
+    lease_expire_time: now + claim.leaseMs,
+  };
+  const event: EventKind = {
+    case: "running",
+    value: {
+      args: JSON.parse(task.args) as JsonObject,
+      startTime: timestampFromMs(now),
+      workerId: claim.workerId,
+      resumeData: valueFromColumn(task.resume_data),
+    },
+  };
+  return { set, event };
+}
+
+function cancelStep(reason: string, now: number, error: string | null): Step {
+  const set = { status: TaskStatus.CANCELLED, complete_time: now, cancel_reason: reason, error };
+  return { set, event: { case: "cancelled", value: { reason } } };
+}
+
+function leaseOf(task: TaskRow): Lease {
+  return { leaseId: task.lease_id, expireTime: task.lease_expire_time };
+}
