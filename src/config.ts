@@ -16,6 +16,10 @@ export interface Settings {
   maxTaskTimeoutMs: number;
   /** The longest a ClaimTasks call waits for work. */
   maxClaimWaitMs: number;
+  /** How many recent events the shared stream tail keeps in memory. */
+  streamWindow: number;
+  /** How often a PostgreSQL server looks for events other replicas wrote. */
+  logPollMs: number;
   /** How long shutdown lets in-flight calls finish before closing them. */
   shutdownGraceMs: number;
   logLevel: "debug" | "info" | "warn" | "error";
@@ -65,6 +69,20 @@ export const SETTINGS: Record<keyof Settings, SettingSpec> = {
     env: "TASKSTREAM_MAX_CLAIM_WAIT_MS",
     help: "longest ClaimTasks long-poll",
     default: "30000",
+    parse: ms,
+  },
+  streamWindow: {
+    flag: "stream-window",
+    env: "TASKSTREAM_STREAM_WINDOW",
+    help: "recent events kept in memory for streams; slower streams read the log",
+    default: "10000",
+    parse: positiveInt,
+  },
+  logPollMs: {
+    flag: "log-poll-ms",
+    env: "TASKSTREAM_LOG_POLL_MS",
+    help: "PostgreSQL: how often to look for events other replicas wrote",
+    default: "200",
     parse: ms,
   },
   shutdownGraceMs: {

@@ -18,6 +18,7 @@ export type ErrorReason =
   | "INVALID_PAGE_TOKEN"
   | "PAGE_TOKEN_MISMATCH"
   | "CURSOR_EXPIRED"
+  | "CURSOR_AHEAD"
   | "SHUTTING_DOWN";
 
 /** Builds a ConnectError whose details hold an ErrorInfo with the reason and metadata. */

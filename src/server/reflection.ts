@@ -72,14 +72,20 @@ function answer(index: ReflectionIndex, query: Query): Answer {
   }
 }
 
-/** The file and everything it imports, transitively, each once; clients need them all to resolve types. */
+/**
+ * The file and everything it imports, transitively, each once; clients need them
+ * all to resolve types. Imports come before their importers, the order a
+ * FileDescriptorSet needs, so the requested file is last.
+ */
 function fileAnswer(index: ReflectionIndex, file: DescFile | undefined, what: string): Answer {
   if (!file) return notFound(what);
   const closure = new Set<DescFile>();
+  const seen = new Set<DescFile>();
   const visit = (f: DescFile) => {
-    if (closure.has(f)) return;
-    closure.add(f);
+    if (seen.has(f)) return;
+    seen.add(f);
     f.dependencies.forEach(visit);
+    closure.add(f);
   };
   visit(file);
   return { case: "fileDescriptorResponse", value: { fileDescriptorProto: [...closure].map((f) => index.encoded.get(f)!) } };

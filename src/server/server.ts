@@ -5,7 +5,7 @@ import { LogSignal } from "../fanout/log-signal.js";
 import { createLogger, type Logger } from "../log.js";
 import type { ServiceDeps } from "../service/deps.js";
 import { describeLocation, openDatabase } from "../storage/connect.js";
-import { lastSequence } from "../storage/event-log.js";
+import { EventTail } from "../fanout/event-tail.js";
 import { migrateToLatest } from "../storage/migrate.js";
 import { TaskStore } from "../storage/task-store.js";
 import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
@@ -34,9 +34,16 @@ export async function startServer(settings: Settings, logger: Logger = createLog
   const db = openDatabase(settings.database);
   await migrateToLatest(db);
   const logSignal = new LogSignal();
-  logSignal.notify(await lastSequence(db.kysely));
   const pendingSignal = new LogSignal();
-  const deps: ServiceDeps = { db, store: new TaskStore(db, { log: logSignal, pending: pendingSignal }), pendingSignal, settings };
+  const tail = new EventTail(db, logSignal, {
+    windowSize: settings.streamWindow,
+    readBatch: 1000,
+    // Only PostgreSQL has writers in other processes to notice.
+    pollMs: db.dialect === "postgres" ? settings.logPollMs : 0,
+  });
+  await tail.start();
+  const store = new TaskStore(db, { log: logSignal, pending: pendingSignal });
+  const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0 }, settings };
   const health = new HealthStatus([TaskService.typeName, WorkerService.typeName]);
   const shutdown = new AbortController();
   const handler = connectNodeAdapter({
@@ -59,6 +66,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
       health.shutdown();
       shutdown.abort(new ConnectError("server is shutting down; reconnect", Code.Unavailable));
       await listener.close(settings.shutdownGraceMs);
+      await tail.close();
       await db.close();
       logger.info("taskstream stopped");
     })());

@@ -1,4 +1,5 @@
 import type { Settings } from "../config.js";
+import type { EventTail } from "../fanout/event-tail.js";
 import type { LogSignal } from "../fanout/log-signal.js";
 import type { Db } from "../storage/connect.js";
 import type { TaskStore } from "../storage/task-store.js";
@@ -9,5 +10,13 @@ export interface ServiceDeps {
   store: TaskStore;
   /** Wakes long-polling claimers when a task becomes pending. */
   pendingSignal: LogSignal;
+  /** The process's one reader of the event log, shared by every stream. */
+  tail: EventTail;
+  gauges: Gauges;
   settings: Settings;
+}
+
+/** Live counts the server exposes, and tests check for leaks. */
+export interface Gauges {
+  activeStreams: number;
 }

@@ -14,8 +14,9 @@ import type { ClaimBy } from "../storage/task-store.js";
 import { taskFromRow } from "../storage/task-rows.js";
 import type { ServiceDeps } from "./deps.js";
 import { leaseMessage } from "./leases.js";
+import { streamTasks } from "./stream-tasks.js";
 import { decodePageToken, encodePageToken, pageSize, requestFingerprint } from "./pagination.js";
-import { durationMs, intInRange, optionalId, requireEnum, requireId, timestampMs } from "./validate.js";
+import { durationMs, intInRange, optionalId, requireEnum, requireId, taskFilter, timestampMs } from "./validate.js";
 
 const TIME_COLUMNS: Record<TaskTimeField, TimeColumn> = {
   [TaskTimeField.UNSPECIFIED]: "create_time",
@@ -24,10 +25,12 @@ const TIME_COLUMNS: Record<TaskTimeField, TimeColumn> = {
   [TaskTimeField.COMPLETE_TIME]: "complete_time",
 };
 
-/** Producers' and observers' calls. StreamTasks lives in its own module. */
-export function taskService(deps: ServiceDeps): Omit<ServiceImpl<typeof TaskService>, "streamTasks"> {
+/** Producers' and observers' calls. */
+export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> {
   const { store, settings } = deps;
   return {
+    streamTasks: streamTasks(deps),
+
     async dispatchTask(req) {
       const input = {
         requestId: optionalId("request_id", req.requestId, 128),
@@ -111,18 +114,9 @@ export function claimBy(claim: ClaimOptions, deps: ServiceDeps): ClaimBy {
 }
 
 function taskQuery(req: ListTasksRequest) {
-  const filter = req.filter;
   const range = req.timeRange;
   return {
-    filter: {
-      agentId: optionalId("filter.agent_id", filter?.agentId ?? ""),
-      runId: optionalId("filter.run_id", filter?.runId ?? ""),
-      threadId: optionalId("filter.thread_id", filter?.threadId ?? ""),
-      resourceId: optionalId("filter.resource_id", filter?.resourceId ?? ""),
-      taskId: optionalId("filter.task_id", filter?.taskId ?? ""),
-      toolName: optionalId("filter.tool_name", filter?.toolName ?? ""),
-      toolCallId: optionalId("tool_call_id", req.toolCallId),
-    },
+    filter: { ...taskFilter(req.filter), toolCallId: optionalId("tool_call_id", req.toolCallId) },
     statuses: req.statuses.map((s, i) => requireEnum(`statuses[${i}]`, s, TaskStatus)),
     timeRange: range && {
       column: TIME_COLUMNS[timeField("time_range.field", range.field)],

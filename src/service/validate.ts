@@ -1,4 +1,6 @@
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import type { TaskFilter } from "../../gen/taskstream/v1/task_pb.js";
+import type { EventFilter } from "../storage/event-log.js";
 import { invalidArgument } from "../errors.js";
 import { msFromDuration, msFromTimestamp } from "../domain/time.js";
 
@@ -45,4 +47,16 @@ export function requireEnum<E extends number>(field: string, value: E, members: 
 export function intInRange(field: string, value: number, min: number, max: number): number {
   if (value < min || value > max) throw invalidArgument(field, `must be between ${min} and ${max}`);
   return value;
+}
+
+/** A stream's or list's TaskFilter, each field an optional identifier. */
+export function taskFilter(filter: TaskFilter | undefined): EventFilter {
+  return {
+    agentId: optionalId("filter.agent_id", filter?.agentId ?? ""),
+    runId: optionalId("filter.run_id", filter?.runId ?? ""),
+    threadId: optionalId("filter.thread_id", filter?.threadId ?? ""),
+    resourceId: optionalId("filter.resource_id", filter?.resourceId ?? ""),
+    taskId: optionalId("filter.task_id", filter?.taskId ?? ""),
+    toolName: optionalId("filter.tool_name", filter?.toolName ?? ""),
+  };
 }

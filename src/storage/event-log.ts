@@ -1,4 +1,5 @@
-import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, fromBinary, fromJson, toBinary, type JsonObject, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { sql, type Kysely, type Transaction } from "kysely";
 import { TaskEventSchema, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
 import { timestampFromMs } from "../domain/time.js";
@@ -35,24 +36,82 @@ export async function appendEvents(
   return events;
 }
 
-/** Reads events after a sequence, oldest first. */
+/** The `running` event of a task as its row stands: what it runs, since when, and where. */
+export function runningKind(task: TaskRow): EventKind {
+  return {
+    case: "running",
+    value: {
+      args: JSON.parse(task.args) as JsonObject,
+      startTime: timestampFromMs(task.start_time),
+      workerId: task.worker_id,
+      resumeData: task.resume_data === null ? undefined : fromJson(ValueSchema, JSON.parse(task.resume_data) as JsonValue),
+    },
+  };
+}
+
+/** The identity fields a stream filters on; empty strings match anything. */
+export interface EventFilter {
+  agentId: string;
+  runId: string;
+  threadId: string;
+  resourceId: string;
+  taskId: string;
+  toolName: string;
+}
+
+const FILTER_COLUMNS = {
+  agentId: "agent_id",
+  runId: "run_id",
+  threadId: "thread_id",
+  resourceId: "resource_id",
+  taskId: "task_id",
+  toolName: "tool_name",
+} as const satisfies Record<keyof EventFilter, keyof EventRow & keyof TaskRow>;
+
+/** The set filter fields as [column, value] pairs, for SQL on events or tasks. */
+export function filterColumns(filter: EventFilter | undefined): [keyof EventRow & keyof TaskRow, string][] {
+  if (!filter) return [];
+  return (Object.keys(FILTER_COLUMNS) as (keyof EventFilter)[])
+    .filter((field) => filter[field] !== "")
+    .map((field) => [FILTER_COLUMNS[field], filter[field]]);
+}
+
+/** Whether an event's identity matches a filter, for filtering in memory. */
+export function matchesFilter(event: TaskEvent, filter: EventFilter): boolean {
+  return (
+    (filter.agentId === "" || filter.agentId === event.agentId) &&
+    (filter.runId === "" || filter.runId === event.runId) &&
+    (filter.threadId === "" || filter.threadId === event.threadId) &&
+    (filter.resourceId === "" || filter.resourceId === event.resourceId) &&
+    (filter.taskId === "" || filter.taskId === event.taskId) &&
+    (filter.toolName === "" || filter.toolName === event.toolName)
+  );
+}
+
+/** Reads events in (after, through], oldest first, optionally filtered in SQL. */
 export async function readEvents(
   db: Kysely<Database>,
-  query: { afterSequence: number; taskId?: string; limit: number },
+  query: { after: number; through?: number; filter?: EventFilter; limit: number },
 ): Promise<TaskEvent[]> {
-  let select = db.selectFrom("events").select("payload").where("sequence", ">", query.afterSequence);
-  if (query.taskId !== undefined) select = select.where("task_id", "=", query.taskId);
+  let select = db.selectFrom("events").select("payload").where("sequence", ">", query.after);
+  if (query.through !== undefined) select = select.where("sequence", "<=", query.through);
+  for (const [column, value] of filterColumns(query.filter)) select = select.where(column, "=", value);
   const rows = await select.orderBy("sequence").limit(query.limit).execute();
   return rows.map((row) => fromBinary(TaskEventSchema, row.payload));
 }
 
-/** The last sequence handed out, 0 for an empty log. */
-export async function lastSequence(db: Kysely<Database>): Promise<number> {
-  const head = await db.selectFrom("log_head").select("last_sequence").where("id", "=", 1).executeTakeFirstOrThrow();
-  return head.last_sequence;
+/** The log's bounds: the last sequence handed out, and how far retention trimmed it. */
+export async function logBounds(db: Kysely<Database>): Promise<{ last: number; trimmedThrough: number }> {
+  const head = await db
+    .selectFrom("log_head")
+    .select(["last_sequence", "trimmed_through"])
+    .where("id", "=", 1)
+    .executeTakeFirstOrThrow();
+  return { last: head.last_sequence, trimmedThrough: head.trimmed_through };
 }
 
-function eventFor(task: TaskRow, kind: EventKind, sequence: number, now: number): TaskEvent {
+/** A task's event: its identity and status from the row, with the given kind. */
+export function eventFor(task: TaskRow, kind: EventKind, sequence: number, now: number): TaskEvent {
   return create(TaskEventSchema, {
     sequence: BigInt(sequence),
     eventTime: timestampFromMs(now),

@@ -71,8 +71,14 @@ export interface EventRow {
   payload: Uint8Array;
 }
 
-/** A single row (id 1) holding the last sequence handed out. */
+/** A single row (id 1): the log's bounds. */
 export interface LogHeadRow {
   id: number;
+  /** The last sequence handed out. */
   last_sequence: number;
+  /**
+   * Retention may have deleted events up to here; every event after it is
+   * still held. A stream cursor older than this has expired.
+   */
+  trimmed_through: number;
 }

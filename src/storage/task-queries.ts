@@ -1,6 +1,8 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import type { ExpressionBuilder, Kysely, SelectQueryBuilder } from "kysely";
-import { TaskEventSchema, type TaskEvent, type TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
+import { TaskEventSchema, TaskStatus, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
+import type { Db } from "./connect.js";
+import { filterColumns, logBounds, type EventFilter } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
 
 /** A time column that lists filter and order by. */
@@ -108,4 +110,23 @@ function taskConditions(eb: ExpressionBuilder<Database, "tasks">, query: TaskQue
 async function count<T extends keyof Database>(matching: SelectQueryBuilder<Database, T, object>): Promise<number> {
   const row = await matching.select((eb) => eb.fn.countAll<number | string>().as("n")).executeTakeFirstOrThrow();
   return Number(row.n);
+}
+
+/**
+ * The running tasks matching a filter and the log sequence they are current
+ * at, read in one consistent snapshot: every event after `sequence` is a
+ * change the snapshot does not show yet.
+ */
+export async function runningSnapshot(db: Db, filter: EventFilter): Promise<{ sequence: number; tasks: TaskRow[] }> {
+  const read = async (k: Kysely<Database>) => {
+    const { last } = await logBounds(k);
+    let select = k.selectFrom("tasks").selectAll().where("status", "=", TaskStatus.RUNNING);
+    for (const [column, value] of filterColumns(filter)) select = select.where(column, "=", value);
+    const tasks = await select.orderBy("start_time").orderBy("task_id").execute();
+    return { sequence: last, tasks };
+  };
+  // PostgreSQL: one snapshot for both reads. SQLite: the transaction holds the
+  // only connection, so no write lands between them.
+  const transaction = db.kysely.transaction();
+  return db.dialect === "postgres" ? transaction.setIsolationLevel("repeatable read").execute(read) : transaction.execute(read);
 }

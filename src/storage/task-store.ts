@@ -4,13 +4,13 @@ import type { Value } from "@bufbuild/protobuf/wkt";
 import type { Transaction } from "kysely";
 import { TaskStatus, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
 import { requireLease, requireStatus } from "../domain/transitions.js";
-import { durationFromMs, timestampFromMs } from "../domain/time.js";
+import { durationFromMs } from "../domain/time.js";
 import { taskNotFound } from "../errors.js";
 import type { LogSignal } from "../fanout/log-signal.js";
 import type { Db } from "./connect.js";
-import { appendEvents, type EventKind } from "./event-log.js";
+import { appendEvents, runningKind, type EventKind } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
-import { errorToColumn, valueFromColumn, valueToColumn } from "./task-rows.js";
+import { errorToColumn, valueToColumn } from "./task-rows.js";
 
 /** What a producer gives to create a task. */
 export interface NewTask {
@@ -302,16 +302,7 @@ function startRunning(task: TaskRow, claim: ClaimBy, now: number): Step {
     lease_id: randomUUID(),
     lease_expire_time: now + claim.leaseMs,
   };
-  const event: EventKind = {
-    case: "running",
-    value: {
-      args: JSON.parse(task.args) as JsonObject,
-      startTime: timestampFromMs(now),
-      workerId: claim.workerId,
-      resumeData: valueFromColumn(task.resume_data),
-    },
-  };
-  return { set, event };
+  return { set, event: runningKind({ ...task, ...set }) };
 }
 
 function cancelStep(reason: string, now: number, error: string | null): Step {

@@ -80,6 +80,7 @@ export async function up(db: Kysely<unknown>, dialect: DialectName): Promise<voi
     .createTable("log_head")
     .addColumn("id", "integer", (c) => c.primaryKey())
     .addColumn("last_sequence", "bigint", (c) => c.notNull())
+    .addColumn("trimmed_through", "bigint", (c) => c.notNull())
     .execute();
-  await db.insertInto("log_head" as never).values({ id: 1, last_sequence: 0 } as never).execute();
+  await db.insertInto("log_head" as never).values({ id: 1, last_sequence: 0, trimmed_through: 0 } as never).execute();
 }

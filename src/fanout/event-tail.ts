@@ -1,0 +1,139 @@
+import type { TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
+import type { Db } from "../storage/connect.js";
+import { logBounds, matchesFilter, readEvents, type EventFilter } from "../storage/event-log.js";
+import { LogSignal } from "./log-signal.js";
+
+export interface EventTailOptions {
+  /** How many recent events stay in memory for subscribers to read. */
+  windowSize: number;
+  /** How many events one log read fetches. */
+  readBatch: number;
+  /**
+   * How often to look at the log's head without being woken, to notice events
+   * other processes committed. 0 turns polling off.
+   */
+  pollMs: number;
+}
+
+/** What a subscriber gets from the tail: the matching events, and how far they cover the log. */
+export interface TailRead {
+  events: TaskEvent[];
+  /** Every matching event with a sequence up to here is in `events` or was read before. */
+  through: number;
+}
+
+/**
+ * The one reader of the event log in this process. Woken when the log grows,
+ * it reads the new events once, in sequence order, into a bounded window that
+ * every stream reads and filters in memory: a wake-up costs one query however
+ * many streams are open. A stream whose cursor fell out of the window (a slow
+ * reader) reads the log itself until it catches up.
+ */
+export class EventTail {
+  /** Events in (floor, head], in sequence order, with their sequence as a number. */
+  private window: { sequence: number; event: TaskEvent }[] = [];
+  private floor = 0;
+  private head = 0;
+  private readonly stop = new AbortController();
+  private running?: Promise<void>;
+  /** Wakes streams when the tail's head moves. */
+  readonly grew = new LogSignal();
+
+  constructor(
+    private readonly db: Db,
+    /** Wakes the tail when this process (or a poll) learns the log grew. */
+    private readonly logSignal: LogSignal,
+    private readonly options: EventTailOptions,
+  ) {}
+
+  /** Starts at the log's current head. */
+  async start(): Promise<void> {
+    const { last } = await logBounds(this.db.kysely);
+    this.floor = this.head = last;
+    this.logSignal.notify(last);
+    this.running = this.follow();
+  }
+
+  async close(): Promise<void> {
+    this.stop.abort();
+    await this.running;
+  }
+
+  /** The newest sequence the tail has read. */
+  get lastSequence(): number {
+    return this.head;
+  }
+
+  get windowLength(): number {
+    return this.window.length;
+  }
+
+  /**
+   * The events after `position` that match, up to `limit` scanned, or
+   * undefined when the window no longer reaches back to `position`.
+   */
+  read(position: number, filter: EventFilter, limit: number): TailRead | undefined {
+    if (position < this.floor) return undefined;
+    if (position >= this.head) return { events: [], through: this.head };
+    const start = this.indexAfter(position);
+    const end = Math.min(this.window.length, start + limit);
+    const events: TaskEvent[] = [];
+    for (let i = start; i < end; i++) {
+      const { event } = this.window[i];
+      if (matchesFilter(event, filter)) events.push(event);
+    }
+    return { events, through: end === this.window.length ? this.head : this.window[end - 1].sequence };
+  }
+
+  private async follow(): Promise<void> {
+    while (!this.stop.signal.aborted) {
+      try {
+        if (this.logSignal.lastSequence > this.head) {
+          await this.catchUp(this.logSignal.lastSequence);
+          continue;
+        }
+        const polling = this.options.pollMs > 0;
+        await this.logSignal.next(polling ? this.options.pollMs : 60_000, this.stop.signal);
+        if (polling && this.logSignal.lastSequence <= this.head && !this.stop.signal.aborted) {
+          this.logSignal.notify((await logBounds(this.db.kysely)).last);
+        }
+      } catch {
+        // The database is unreachable: retry after a pause; streams keep
+        // their cursors and resume from the log when it answers again.
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+    }
+  }
+
+  /** Reads every event up to `target` into the window, waking streams after each batch. */
+  private async catchUp(target: number): Promise<void> {
+    while (this.head < target && !this.stop.signal.aborted) {
+      const events = await readEvents(this.db.kysely, { after: this.head, through: target, limit: this.options.readBatch });
+      for (const event of events) this.window.push({ sequence: Number(event.sequence), event });
+      const full = events.length === this.options.readBatch;
+      this.head = full ? Number(events[events.length - 1].sequence) : target;
+      this.trim();
+      this.grew.notify(this.head);
+    }
+  }
+
+  /** Drops the oldest events once the window is a quarter over size, in bulk to keep it cheap. */
+  private trim(): void {
+    if (this.window.length <= this.options.windowSize * 1.25) return;
+    const excess = this.window.length - this.options.windowSize;
+    this.floor = this.window[excess - 1].sequence;
+    this.window = this.window.slice(excess);
+  }
+
+  /** The index of the first event with a sequence above `position`. */
+  private indexAfter(position: number): number {
+    let low = 0;
+    let high = this.window.length;
+    while (low < high) {
+      const mid = (low + high) >>> 1;
+      if (this.window[mid].sequence <= position) low = mid + 1;
+      else high = mid;
+    }
+    return low;
+  }
+}

@@ -1,0 +1,111 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
+import type { TaskService, StreamTasksRequest } from "../../gen/taskstream/v1/task_service_pb.js";
+import type { TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
+import { msFromDuration, timestampFromMs } from "../domain/time.js";
+import { invalidArgument, taskstreamError } from "../errors.js";
+import { eventFor, logBounds, readEvents, runningKind, type EventFilter } from "../storage/event-log.js";
+import { runningSnapshot } from "../storage/task-queries.js";
+import type { ServiceDeps } from "./deps.js";
+import { taskFilter } from "./validate.js";
+
+type StreamTasks = ServiceImpl<typeof TaskService>["streamTasks"];
+type Response = ReturnType<StreamTasks> extends AsyncIterable<infer R> ? R : never;
+
+export const DEFAULT_HEARTBEAT_MS = 15_000;
+export const MIN_HEARTBEAT_MS = 100;
+export const MAX_HEARTBEAT_MS = 300_000;
+/** How many log events one step scans, from the tail's window or from the log. */
+const STEP = 1000;
+
+/**
+ * StreamTasks: the running tasks' snapshot read at a sequence S, then
+ * snapshot_complete{S}, then every matching event after S, in order, once.
+ * With after_sequence, the events after that cursor instead. A stream only
+ * ever holds its cursor: events come from the shared tail's window, or from
+ * the log when the stream is behind it, so a slow reader costs no memory.
+ */
+export function streamTasks(deps: ServiceDeps): StreamTasks {
+  return async function* (req, ctx) {
+    const filter = taskFilter(req.filter);
+    const heartbeatMs = heartbeatInterval(req);
+    deps.gauges.activeStreams++;
+    try {
+      let position: number;
+      if (req.afterSequence !== undefined) {
+        position = await checkCursor(deps, req.afterSequence);
+      } else {
+        const snapshot = req.skipSnapshot
+          ? { sequence: (await logBounds(deps.db.kysely)).last, tasks: [] }
+          : await runningSnapshot(deps.db, filter);
+        for (const task of snapshot.tasks) {
+          yield event(eventFor(task, runningKind(task), task.sequence, task.start_time));
+        }
+        yield { message: { case: "snapshotComplete", value: { sequence: BigInt(snapshot.sequence) } } };
+        position = snapshot.sequence;
+      }
+      let lastSent = Date.now();
+      for (;;) {
+        ctx.signal.throwIfAborted();
+        const step = deps.tail.read(position, filter, STEP) ?? (await readFromLog(deps, position, filter));
+        for (const e of step.events) yield event(e);
+        if (step.events.length > 0) lastSent = Date.now();
+        position = step.through;
+        if (position < deps.tail.lastSequence) continue;
+        const untilHeartbeat = lastSent + heartbeatMs - Date.now();
+        if (untilHeartbeat <= 0) {
+          yield heartbeat(position);
+          lastSent = Date.now();
+          continue;
+        }
+        await deps.tail.grew.next(untilHeartbeat, ctx.signal);
+      }
+    } finally {
+      deps.gauges.activeStreams--;
+    }
+  };
+}
+
+/** A stream behind the tail's window catches up from the log, filtered in SQL. */
+async function readFromLog(deps: ServiceDeps, position: number, filter: EventFilter) {
+  const through = deps.tail.lastSequence;
+  const events = await readEvents(deps.db.kysely, { after: position, through, filter, limit: STEP });
+  return { events, through: events.length === STEP ? Number(events[events.length - 1].sequence) : through };
+}
+
+/** A resume cursor must still be held by the log, and not be ahead of it. */
+async function checkCursor(deps: ServiceDeps, cursor: bigint): Promise<number> {
+  if (cursor < 0n) throw invalidArgument("after_sequence", "must not be negative");
+  const { last, trimmedThrough } = await logBounds(deps.db.kysely);
+  if (cursor < BigInt(trimmedThrough)) {
+    throw taskstreamError(
+      Code.FailedPrecondition,
+      "CURSOR_EXPIRED",
+      `after_sequence ${cursor} is older than the log holds; the oldest cursor still held is ${trimmedThrough}`,
+      { oldest_sequence: String(trimmedThrough) },
+    );
+  }
+  if (cursor > BigInt(last)) {
+    throw taskstreamError(Code.OutOfRange, "CURSOR_AHEAD", `after_sequence ${cursor} is past the log's last sequence ${last}`, {
+      last_sequence: String(last),
+    });
+  }
+  return Number(cursor);
+}
+
+/** The client's interval, bounded by the server; a negative one is refused. */
+function heartbeatInterval(req: StreamTasksRequest): number {
+  if (req.heartbeatInterval === undefined) return DEFAULT_HEARTBEAT_MS;
+  const ms = msFromDuration(req.heartbeatInterval);
+  if (ms < 0 || req.heartbeatInterval.nanos < 0) throw invalidArgument("heartbeat_interval", "must not be negative");
+  if (ms === 0) return DEFAULT_HEARTBEAT_MS;
+  return Math.min(MAX_HEARTBEAT_MS, Math.max(MIN_HEARTBEAT_MS, ms));
+}
+
+function event(e: TaskEvent): Response {
+  return { message: { case: "event", value: e } } as Response;
+}
+
+function heartbeat(sequence: number): Response {
+  return { message: { case: "heartbeat", value: { sequence: BigInt(sequence), serverTime: timestampFromMs(Date.now()) } } } as Response;
+}

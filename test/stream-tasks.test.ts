@@ -1,0 +1,208 @@
+import { Code } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskStatus } from "../gen/taskstream/v1/task_pb.js";
+import { errorReason } from "../src/errors.js";
+import { ConnectError } from "@connectrpc/connect";
+import { expectError } from "./support/expect-error.js";
+import { collect, eventually } from "./support/streams.js";
+import { DIALECTS, startTestServer, type TestServer } from "./support/test-server.js";
+
+for (const dialect of DIALECTS) {
+  describe(`StreamTasks on ${dialect}`, () => {
+    let t: TestServer;
+    beforeAll(async () => {
+      t = await startTestServer(dialect, { streamWindow: 200 });
+    });
+    afterAll(() => t?.close());
+
+    const unique = () => Math.random().toString(36).slice(2);
+
+    async function running(agentId: string, toolName = "tool") {
+      const { task } = await t.tasks().dispatchTask({ toolName, agentId, args: { n: 1 }, claim: { workerId: "w" } });
+      return task!;
+    }
+
+    it("sends the running tasks, snapshot_complete, then live events in order, once", async () => {
+      const agentId = unique();
+      const a = await running(agentId);
+      const b = await running(agentId);
+      const pending = await t.tasks().dispatchTask({ toolName: "tool", agentId });
+      const abort = new AbortController();
+      const { received, done } = collect(t.tasks(), { filter: { agentId } }, { signal: abort.signal });
+      await eventually(() => received.live, 5000, "snapshot_complete");
+      expect(received.snapshot.map((e) => e.taskId).sort()).toEqual([a.taskId, b.taskId].sort());
+      for (const e of received.snapshot) {
+        expect(e.kind.case).toBe("running");
+        expect(e.status).toBe(TaskStatus.RUNNING);
+        expect(e).toMatchObject({ agentId, toolName: "tool" });
+        expect(e.kind.case === "running" && e.kind.value.args).toEqual({ n: 1 });
+        expect(e.sequence).toBeLessThanOrEqual(received.snapshotSequence!);
+      }
+      await t.tasks().cancelTask({ taskId: pending.task!.taskId });
+      const other = await running(unique());
+      await t.workers().completeTask({ taskId: other.taskId, leaseId: "" }).catch(() => {});
+      const { tasks } = await t.tasks().listTasks({ filter: { agentId } });
+      expect(tasks.length).toBe(3);
+      await eventually(() => received.events.length >= 1, 5000, "the cancel event");
+      abort.abort();
+      await done;
+      expect(received.events.map((e) => [e.taskId, e.kind.case])).toEqual([[pending.task!.taskId, "cancelled"]]);
+      expect(received.events[0].sequence).toBeGreaterThan(received.snapshotSequence!);
+    });
+
+    it("applies every filter field to snapshot and live events alike", async () => {
+      const agentId = unique();
+      const runId = unique();
+      await t.tasks().dispatchTask({ toolName: "x", agentId, runId, threadId: "th", resourceId: "r", claim: { workerId: "w" } });
+      await t.tasks().dispatchTask({ toolName: "y", agentId, runId, threadId: "th", resourceId: "r", claim: { workerId: "w" } });
+      await t.tasks().dispatchTask({ toolName: "x", agentId, runId: "other", threadId: "th", resourceId: "r", claim: { workerId: "w" } });
+      const abort = new AbortController();
+      const filter = { agentId, runId, threadId: "th", resourceId: "r", toolName: "x" };
+      const { received, done } = collect(t.tasks("connect"), { filter }, { signal: abort.signal });
+      await eventually(() => received.live);
+      expect(received.snapshot).toHaveLength(1);
+      const live = await t.tasks().dispatchTask({ toolName: "x", agentId, runId, threadId: "th", resourceId: "r" });
+      await t.tasks().dispatchTask({ toolName: "x", agentId, runId, threadId: "nope", resourceId: "r" });
+      await t.tasks().dispatchTask({ toolName: "y", agentId, runId, threadId: "th", resourceId: "r" });
+      const byTask = collect(t.tasks(), { filter: { taskId: live.task!.taskId }, skipSnapshot: true }, { signal: abort.signal });
+      await eventually(() => byTask.received.live);
+      await t.tasks().cancelTask({ taskId: live.task!.taskId });
+      await eventually(() => received.events.length === 2 && byTask.received.events.length === 1);
+      await new Promise((r) => setTimeout(r, 100));
+      abort.abort();
+      await Promise.all([done, byTask.done]);
+      expect(received.events.map((e) => e.kind.case)).toEqual(["queued", "cancelled"]);
+      expect(received.events.every((e) => e.taskId === live.task!.taskId)).toBe(true);
+      expect(byTask.received.snapshot).toHaveLength(0);
+      expect(byTask.received.events.map((e) => e.kind.case)).toEqual(["cancelled"]);
+    });
+
+    it("resumes after a cursor with every matching event, then goes live", async () => {
+      const agentId = unique();
+      const first = await t.tasks().dispatchTask({ toolName: "t", agentId });
+      const cursor = first.task!.sequence;
+      const second = await running(agentId);
+      await t.tasks().cancelTask({ taskId: first.task!.taskId });
+      const abort = new AbortController();
+      const { received, done } = collect(t.tasks(), { filter: { agentId }, afterSequence: cursor }, { signal: abort.signal });
+      await eventually(() => received.events.length === 3);
+      const live = await t.tasks().dispatchTask({ toolName: "t", agentId });
+      await eventually(() => received.events.length === 4);
+      abort.abort();
+      await done;
+      expect(received.snapshot).toHaveLength(0);
+      expect(received.snapshotSequence).toBeUndefined();
+      expect(received.events.map((e) => e.kind.case)).toEqual(["queued", "running", "cancelled", "queued"]);
+      expect(received.events.map((e) => e.taskId)).toEqual([second.taskId, second.taskId, first.task!.taskId, live.task!.taskId]);
+      const sequences = received.events.map((e) => e.sequence);
+      expect(sequences.every((s, i) => i === 0 || s > sequences[i - 1])).toBe(true);
+      expect(sequences[0]).toBeGreaterThan(cursor);
+    });
+
+    it("refuses a cursor older than the log holds with CURSOR_EXPIRED and the oldest cursor", async () => {
+      // Retention moves this watermark; set it as retention would.
+      await t.server.deps.db.kysely.updateTable("log_head").set({ trimmed_through: 3 }).where("id", "=", 1).execute();
+      try {
+        const err = await expectError(
+          drain(t.tasks().streamTasks({ afterSequence: 2n })),
+          Code.FailedPrecondition,
+          "CURSOR_EXPIRED",
+        );
+        expect(err.findDetails((await import("../gen/google/rpc/error_details_pb.js")).ErrorInfoSchema)[0].metadata).toEqual({
+          oldest_sequence: "3",
+        });
+        // The oldest cursor still held is accepted.
+        const abort = new AbortController();
+        const { received, done } = collect(t.tasks(), { afterSequence: 3n }, { signal: abort.signal });
+        await eventually(() => received.events.length > 0);
+        abort.abort();
+        await done;
+        expect(received.events[0].sequence).toBe(4n);
+      } finally {
+        await t.server.deps.db.kysely.updateTable("log_head").set({ trimmed_through: 0 }).where("id", "=", 1).execute();
+      }
+    });
+
+    it("refuses a cursor past the log's end, and a negative one", async () => {
+      await expectError(drain(t.tasks().streamTasks({ afterSequence: 1n << 40n })), Code.OutOfRange, "CURSOR_AHEAD");
+      await expectError(drain(t.tasks().streamTasks({ afterSequence: -1n })), Code.InvalidArgument, "INVALID_ARGUMENT");
+    });
+
+    it("sends heartbeats with the current sequence while no event matches", async () => {
+      const abort = new AbortController();
+      const { received, done } = collect(
+        t.tasks(),
+        { filter: { agentId: unique() }, heartbeatInterval: { nanos: 150_000_000 } },
+        { signal: abort.signal },
+      );
+      await eventually(() => received.heartbeats.length >= 1);
+      const noise = await t.tasks().dispatchTask({ toolName: "noise", agentId: unique() });
+      await eventually(() => received.heartbeats.some((h) => h >= noise.task!.sequence), 5000, "a heartbeat past the noise");
+      abort.abort();
+      await done;
+      expect(received.events).toHaveLength(0);
+      const hb = received.heartbeats;
+      expect(hb.every((s, i) => i === 0 || s >= hb[i - 1])).toBe(true);
+    });
+
+    it("ends on the client's deadline and on cancel, and releases the stream", async () => {
+      await eventually(() => t.server.deps.gauges.activeStreams === 0, 5000, "no open streams");
+      const started = Date.now();
+      const received = await collect(t.tasks(), { skipSnapshot: true }, { timeoutMs: 300 }).done;
+      expect(ConnectError.from(received.error).code).toBe(Code.DeadlineExceeded);
+      expect(Date.now() - started).toBeLessThan(3000);
+      const viaGrpcWeb = await collect(t.tasks("grpc-web"), { skipSnapshot: true }, { timeoutMs: 300 }).done;
+      expect(ConnectError.from(viaGrpcWeb.error).code).toBe(Code.DeadlineExceeded);
+
+      const abort = new AbortController();
+      const open = collect(t.tasks(), {}, { signal: abort.signal });
+      await eventually(() => open.received.live);
+      expect(t.server.deps.gauges.activeStreams).toBe(1);
+      abort.abort();
+      await open.done;
+      await eventually(() => t.server.deps.gauges.activeStreams === 0, 5000, "the stream to be released");
+      expect(t.server.deps.tail.grew.waiterCount).toBe(0);
+    });
+
+    it("catches a slow reader up from the log, losing nothing", async () => {
+      const agentId = unique();
+      let paused = true;
+      let resume!: () => void;
+      const gate = new Promise<void>((r) => (resume = r));
+      const abort = new AbortController();
+      const { received, done } = collect(
+        t.tasks(),
+        { filter: { agentId }, skipSnapshot: true },
+        {
+          signal: abort.signal,
+          onMessage: async () => {
+            if (paused) await gate;
+          },
+        },
+      );
+      await eventually(() => received.live);
+      // Far more than the 200-event window while the reader is stuck.
+      const ids: string[] = [];
+      for (let i = 0; i < 150; i++) {
+        const { task } = await t.tasks().dispatchTask({ toolName: "slow", agentId: i % 3 === 0 ? agentId : unique() });
+        await t.tasks().cancelTask({ taskId: task!.taskId });
+        if (i % 3 === 0) ids.push(task!.taskId);
+      }
+      paused = false;
+      resume();
+      await eventually(() => received.events.length === ids.length * 2, 10_000, "every event");
+      abort.abort();
+      await done;
+      expect(received.events.map((e) => e.taskId)).toEqual(ids.flatMap((id) => [id, id]));
+      expect(received.events.map((e) => e.kind.case)).toEqual(ids.flatMap(() => ["queued", "cancelled"]));
+    });
+  });
+}
+
+async function drain(stream: AsyncIterable<unknown>): Promise<void> {
+  for await (const _ of stream) {
+    // read until it ends or fails
+  }
+}
+
+export { errorReason };
