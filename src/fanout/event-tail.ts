@@ -74,7 +74,9 @@ export class EventTail {
    */
   read(position: number, filter: EventFilter, limit: number): TailRead | undefined {
     if (position < this.floor) return undefined;
-    if (position >= this.head) return { events: [], through: this.head };
+    // A stream can be ahead of the tail (its snapshot saw a commit the tail
+    // has not read yet): it waits, and its cursor never moves back.
+    if (position >= this.head) return { events: [], through: position };
     const start = this.indexAfter(position);
     const end = Math.min(this.window.length, start + limit);
     const events: TaskEvent[] = [];

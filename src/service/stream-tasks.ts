@@ -29,7 +29,17 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
   return async function* (req, ctx) {
     const filter = taskFilter(req.filter);
     const heartbeatMs = heartbeatInterval(req);
+    // Counted until the call ends. The abort matters when the client vanished
+    // while a write waited for a drain that never comes: this generator then
+    // stays parked at a yield (holding no timer or waiter) and never reaches
+    // its finally; it is collected with the dead socket.
+    let open = true;
+    const release = () => {
+      if (open) deps.gauges.activeStreams--;
+      open = false;
+    };
     deps.gauges.activeStreams++;
+    ctx.signal.addEventListener("abort", release, { once: true });
     try {
       let position: number;
       if (req.afterSequence !== undefined) {
@@ -61,7 +71,8 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
         await deps.tail.grew.next(untilHeartbeat, ctx.signal);
       }
     } finally {
-      deps.gauges.activeStreams--;
+      ctx.signal.removeEventListener("abort", release);
+      release();
     }
   };
 }
