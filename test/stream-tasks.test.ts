@@ -17,6 +17,14 @@ for (const dialect of DIALECTS) {
 
     const unique = () => Math.random().toString(36).slice(2);
 
+    /** A gauge as the server exposes it on GET /metrics. */
+    async function gauge(name: string): Promise<number> {
+      const text = await (await fetch(`${t.server.url}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+      if (!line) throw new Error(`no gauge ${name} in ${text}`);
+      return Number(line.split(" ")[1]);
+    }
+
     async function running(agentId: string, toolName = "tool") {
       const { task } = await t.tasks().dispatchTask({ toolName, agentId, args: { n: 1 }, claim: { workerId: "w" } });
       return task!;
@@ -158,10 +166,11 @@ for (const dialect of DIALECTS) {
       const open = collect(t.tasks(), {}, { signal: abort.signal });
       await eventually(() => open.received.live);
       expect(t.server.deps.gauges.activeStreams).toBe(1);
+      expect(await gauge("taskstream_streams_active")).toBe(1);
       abort.abort();
       await open.done;
-      await eventually(() => t.server.deps.gauges.activeStreams === 0, 5000, "the stream to be released");
-      expect(t.server.deps.tail.grew.waiterCount).toBe(0);
+      await eventually(async () => (await gauge("taskstream_streams_active")) === 0, 5000, "the stream to be released");
+      expect(await gauge("taskstream_stream_waiters")).toBe(0);
     });
 
     it("catches a slow reader up from the log, losing nothing", async () => {

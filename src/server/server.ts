@@ -12,6 +12,7 @@ import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
 import { WorkerService } from "../../gen/taskstream/v1/worker_service_pb.js";
 import { HealthStatus } from "./health.js";
 import { listen } from "./listener.js";
+import { fallbackHandler } from "./metrics.js";
 import { routes } from "./routes.js";
 
 /** gRPC clients refuse messages over 4 MiB by default; the server holds to the same. */
@@ -53,6 +54,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     compressMinBytes: COMPRESS_MIN_BYTES,
     acceptCompression: [compressionGzip, compressionBrotli],
     shutdownSignal: shutdown.signal,
+    fallback: fallbackHandler(deps),
   });
   const tls = settings.tlsCert && settings.tlsKey ? { certFile: settings.tlsCert, keyFile: settings.tlsKey } : undefined;
   const listener = await listen(handler, { host: settings.host, port: settings.port, tls });
