@@ -16,6 +16,28 @@ export interface Settings {
   maxTaskTimeoutMs: number;
   /** The longest a ClaimTasks call waits for work. */
   maxClaimWaitMs: number;
+  /** Running tasks at once across all agents; 0 is no limit. */
+  globalConcurrency: number;
+  /** Running tasks at once per agent; 0 is no limit. */
+  agentConcurrency: number;
+  /** Per-agent limits that replace agentConcurrency, as "agent=limit,...". */
+  agentConcurrencyOverrides: Map<string, number>;
+  /** What a dispatch does when no slot is free and it names no backpressure. */
+  backpressure: "queue" | "reject";
+  /** Retries when a dispatch names no max_retries. */
+  maxRetries: number;
+  /** Delay before the first retry; each later one is `retryBackoff` times longer, up to maxRetryDelayMs. */
+  retryDelayMs: number;
+  retryBackoff: number;
+  maxRetryDelayMs: number;
+  /** How often expired leases and timed-out attempts are looked for. */
+  sweepIntervalMs: number;
+  /** How long finished tasks and their events are kept. */
+  retainCompletedMs: number;
+  retainFailedMs: number;
+  retainCancelledMs: number;
+  /** How often retention runs. */
+  retentionIntervalMs: number;
   /** How many recent events the shared stream tail keeps in memory. */
   streamWindow: number;
   /** How often a PostgreSQL server looks for events other replicas wrote. */
@@ -69,6 +91,79 @@ export const SETTINGS: Record<keyof Settings, SettingSpec> = {
     env: "TASKSTREAM_MAX_CLAIM_WAIT_MS",
     help: "longest ClaimTasks long-poll",
     default: "30000",
+    parse: ms,
+  },
+  globalConcurrency: {
+    flag: "global-concurrency",
+    env: "TASKSTREAM_GLOBAL_CONCURRENCY",
+    help: "running tasks at once, all agents (0: no limit)",
+    default: "0",
+    parse: nonNegativeInt,
+  },
+  agentConcurrency: {
+    flag: "agent-concurrency",
+    env: "TASKSTREAM_AGENT_CONCURRENCY",
+    help: "running tasks at once per agent (0: no limit)",
+    default: "0",
+    parse: nonNegativeInt,
+  },
+  agentConcurrencyOverrides: {
+    flag: "agent-concurrency-overrides",
+    env: "TASKSTREAM_AGENT_CONCURRENCY_OVERRIDES",
+    help: 'per-agent limits, "agent=limit,..."',
+    default: "",
+    parse: limitMap,
+  },
+  backpressure: {
+    flag: "backpressure",
+    env: "TASKSTREAM_BACKPRESSURE",
+    help: "when no slot is free: queue (wait pending) or reject (RESOURCE_EXHAUSTED)",
+    default: "queue",
+    parse: backpressure,
+  },
+  maxRetries: { flag: "max-retries", env: "TASKSTREAM_MAX_RETRIES", help: "retries of a retryable failure", default: "0", parse: nonNegativeInt },
+  retryDelayMs: { flag: "retry-delay-ms", env: "TASKSTREAM_RETRY_DELAY_MS", help: "delay before the first retry", default: "1000", parse: nonNegativeInt },
+  retryBackoff: { flag: "retry-backoff", env: "TASKSTREAM_RETRY_BACKOFF", help: "growth of the delay per retry", default: "2", parse: atLeastOne },
+  maxRetryDelayMs: {
+    flag: "max-retry-delay-ms",
+    env: "TASKSTREAM_MAX_RETRY_DELAY_MS",
+    help: "longest delay between retries",
+    default: "60000",
+    parse: nonNegativeInt,
+  },
+  sweepIntervalMs: {
+    flag: "sweep-interval-ms",
+    env: "TASKSTREAM_SWEEP_INTERVAL_MS",
+    help: "how often expired leases and timeouts are handled",
+    default: "250",
+    parse: ms,
+  },
+  retainCompletedMs: {
+    flag: "retain-completed-ms",
+    env: "TASKSTREAM_RETAIN_COMPLETED_MS",
+    help: "how long completed tasks and their events are kept",
+    default: "3600000",
+    parse: ms,
+  },
+  retainFailedMs: {
+    flag: "retain-failed-ms",
+    env: "TASKSTREAM_RETAIN_FAILED_MS",
+    help: "how long failed and timed-out tasks are kept",
+    default: "86400000",
+    parse: ms,
+  },
+  retainCancelledMs: {
+    flag: "retain-cancelled-ms",
+    env: "TASKSTREAM_RETAIN_CANCELLED_MS",
+    help: "how long cancelled tasks are kept",
+    default: "3600000",
+    parse: ms,
+  },
+  retentionIntervalMs: {
+    flag: "retention-interval-ms",
+    env: "TASKSTREAM_RETENTION_INTERVAL_MS",
+    help: "how often retention deletes expired tasks",
+    default: "60000",
     parse: ms,
   },
   streamWindow: {
@@ -126,6 +221,33 @@ function positiveInt(raw: string): number {
   const n = Number(raw);
   if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`expected a positive integer, got "${raw}"`);
   return n;
+}
+
+function nonNegativeInt(raw: string): number {
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`expected a whole number, got "${raw}"`);
+  return n;
+}
+
+function atLeastOne(raw: string): number {
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < 1) throw new Error(`expected a number of at least 1, got "${raw}"`);
+  return n;
+}
+
+function limitMap(raw: string): Map<string, number> {
+  const limits = new Map<string, number>();
+  for (const entry of raw.split(",").filter((e) => e.trim() !== "")) {
+    const [agent, limit] = entry.split("=").map((p) => p.trim());
+    if (!agent || limit === undefined) throw new Error(`expected "agent=limit", got "${entry}"`);
+    limits.set(agent, nonNegativeInt(limit));
+  }
+  return limits;
+}
+
+function backpressure(raw: string): Settings["backpressure"] {
+  if (raw !== "queue" && raw !== "reject") throw new Error(`expected queue or reject, got "${raw}"`);
+  return raw;
 }
 
 function port(raw: string): number {

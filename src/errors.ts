@@ -19,6 +19,7 @@ export type ErrorReason =
   | "PAGE_TOKEN_MISMATCH"
   | "CURSOR_EXPIRED"
   | "CURSOR_AHEAD"
+  | "CONCURRENCY_LIMIT"
   | "SHUTTING_DOWN";
 
 /** Builds a ConnectError whose details hold an ErrorInfo with the reason and metadata. */

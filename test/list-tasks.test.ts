@@ -53,7 +53,6 @@ for (const dialect of DIALECTS) {
         (s) => s.status === TaskStatus.COMPLETED || s.status === TaskStatus.PENDING,
       ],
       ["tool_call_id", { toolCallId: "call-77" }, (s) => s.toolCallId === "call-77"],
-      ["task_id", { filter: { taskId: "" } }, () => true],
     ];
 
     for (const [name, request, matches] of cases) {
@@ -167,6 +166,10 @@ async function seed(t: TestServer): Promise<Seeded[]> {
           resourceId: `res-${i % 3}`,
           maxRetries: 0,
           timeoutMs: 60_000,
+          retryDelayMs: 1000,
+          retryBackoff: 2,
+          maxRetryDelayMs: 60_000,
+          backpressure: "queue",
         });
       }),
     );

@@ -5,6 +5,7 @@ import { LogSignal } from "../fanout/log-signal.js";
 import { createLogger, type Logger } from "../log.js";
 import type { ServiceDeps } from "../service/deps.js";
 import { describeLocation, openDatabase } from "../storage/connect.js";
+import { startMaintenance } from "../execution/maintenance.js";
 import { EventTail } from "../fanout/event-tail.js";
 import { migrateToLatest } from "../storage/migrate.js";
 import { TaskStore } from "../storage/task-store.js";
@@ -43,7 +44,9 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     pollMs: db.dialect === "postgres" ? settings.logPollMs : 0,
   });
   await tail.start();
-  const store = new TaskStore(db, { log: logSignal, pending: pendingSignal });
+  const limits = { global: settings.globalConcurrency, perAgent: settings.agentConcurrency, overrides: settings.agentConcurrencyOverrides };
+  const store = new TaskStore(db, { log: logSignal, pending: pendingSignal }, limits);
+  const maintenance = startMaintenance(store, settings, logger);
   const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0 }, settings };
   const health = new HealthStatus([TaskService.typeName, WorkerService.typeName]);
   const shutdown = new AbortController();
@@ -68,6 +71,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
       health.shutdown();
       shutdown.abort(new ConnectError("server is shutting down; reconnect", Code.Unavailable));
       await listener.close(settings.shutdownGraceMs);
+      await maintenance.stop();
       await tail.close();
       await db.close();
       logger.info("taskstream stopped");

@@ -77,8 +77,12 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
   };
 }
 
-/** A stream behind the tail's window catches up from the log, filtered in SQL. */
+/**
+ * A stream behind the tail's window catches up from the log, filtered in SQL,
+ * unless retention deleted events it had not read: then its cursor expired.
+ */
 async function readFromLog(deps: ServiceDeps, position: number, filter: EventFilter) {
+  await checkCursor(deps, BigInt(position));
   const through = deps.tail.lastSequence;
   const events = await readEvents(deps.db.kysely, { after: position, through, filter, limit: STEP });
   return { events, through: events.length === STEP ? Number(events[events.length - 1].sequence) : through };

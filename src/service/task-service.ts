@@ -1,14 +1,16 @@
 import type { ServiceImpl } from "@connectrpc/connect";
-import { TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
+import { TaskStatus, type RetryPolicy } from "../../gen/taskstream/v1/task_pb.js";
 import {
   ListTasksRequestSchema,
   ListTaskEventsRequestSchema,
+  Backpressure,
   TaskService,
   TaskTimeField,
   type ClaimOptions,
   type ListTasksRequest,
 } from "../../gen/taskstream/v1/task_service_pb.js";
-import { taskNotFound } from "../errors.js";
+import type { Settings } from "../config.js";
+import { invalidArgument, taskNotFound } from "../errors.js";
 import { getTask, listTaskEvents, listTasks, type TimeColumn } from "../storage/task-queries.js";
 import type { ClaimBy } from "../storage/task-store.js";
 import { taskFromRow } from "../storage/task-rows.js";
@@ -17,6 +19,9 @@ import { leaseMessage } from "./leases.js";
 import { streamTasks } from "./stream-tasks.js";
 import { decodePageToken, encodePageToken, pageSize, requestFingerprint } from "./pagination.js";
 import { durationMs, intInRange, optionalId, requireEnum, requireId, taskFilter, timestampMs } from "./validate.js";
+
+/** A day: the longest delay a retry policy may ask for. */
+const MAX_RETRY_DELAY_MS = 86_400_000;
 
 const TIME_COLUMNS: Record<TaskTimeField, TimeColumn> = {
   [TaskTimeField.UNSPECIFIED]: "create_time",
@@ -41,8 +46,10 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
         runId: optionalId("run_id", req.runId),
         threadId: optionalId("thread_id", req.threadId),
         resourceId: optionalId("resource_id", req.resourceId),
-        maxRetries: intInRange("max_retries", req.maxRetries, 0, 100),
+        maxRetries: intInRange("max_retries", req.maxRetries ?? settings.maxRetries, 0, 100),
         timeoutMs: durationMs("timeout", req.timeout, { default: settings.taskTimeoutMs, max: settings.maxTaskTimeoutMs }),
+        ...retryPolicy(req.retryPolicy, settings),
+        backpressure: backpressure(req.backpressure, settings),
       };
       const claim = req.claim && claimBy(req.claim, deps);
       const { task, created, lease } = await store.dispatch(input, claim);
@@ -103,6 +110,24 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
       };
     },
   };
+}
+
+/** A dispatch's retry policy; what it leaves out comes from the settings. */
+function retryPolicy(policy: RetryPolicy | undefined, settings: Settings) {
+  const backoff = policy?.backoffMultiplier || settings.retryBackoff;
+  if (!(backoff >= 1) || !Number.isFinite(backoff)) throw invalidArgument("retry_policy.backoff_multiplier", "must be at least 1");
+  const delay = (field: string, value: RetryPolicy["initialDelay"], fallback: number) =>
+    value === undefined ? fallback : durationMs(field, value, { default: fallback, max: MAX_RETRY_DELAY_MS });
+  return {
+    retryDelayMs: delay("retry_policy.initial_delay", policy?.initialDelay, settings.retryDelayMs),
+    retryBackoff: backoff,
+    maxRetryDelayMs: delay("retry_policy.max_delay", policy?.maxDelay, settings.maxRetryDelayMs),
+  };
+}
+
+function backpressure(value: Backpressure, settings: Settings): "queue" | "reject" {
+  if (value === Backpressure.UNSPECIFIED) return settings.backpressure;
+  return requireEnum("backpressure", value, Backpressure) === Backpressure.REJECT ? "reject" : "queue";
 }
 
 /** The validated ClaimOptions of a dispatch or resume. */

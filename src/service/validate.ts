@@ -16,6 +16,7 @@ export function requireId(field: string, value: string): string {
 /** An optional identifier: empty, or at most `max` characters. */
 export function optionalId(field: string, value: string, max = MAX_ID_LENGTH): string {
   if (value.length > max) throw invalidArgument(field, `must be at most ${max} characters`);
+  if (value.includes("\0")) throw invalidArgument(field, "must not contain NUL characters");
   return value;
 }
 

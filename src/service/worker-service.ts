@@ -1,6 +1,6 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { WorkerService, type ClaimTasksRequest } from "../../gen/taskstream/v1/worker_service_pb.js";
-import { TaskErrorSchema } from "../../gen/taskstream/v1/task_pb.js";
+import { TaskErrorSchema, TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
 import { create } from "@bufbuild/protobuf";
 import { invalidArgument } from "../errors.js";
 import { msFromDuration } from "../domain/time.js";
@@ -10,8 +10,8 @@ import { leaseMessage } from "./leases.js";
 import { durationMs, intInRange, requireId } from "./validate.js";
 
 export const MAX_CLAIM_BATCH = 100;
-/** Claimers look again this often even unwoken, for work other replicas queue. */
-const CLAIM_POLL_MS = 1000;
+/** Claimers look again this often even unwoken: for work other replicas queue, and retries whose delay ran out. */
+const CLAIM_POLL_MS = 250;
 /** A long-poll answers this long before the client's deadline, so an empty answer beats DEADLINE_EXCEEDED. */
 const DEADLINE_MARGIN_MS = 100;
 
@@ -49,7 +49,7 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
       );
       return {
         lease: leaseMessage({ leaseId: task.lease_id, expireTime: task.lease_expire_time }),
-        cancelRequested: task.cancel_requested === 1,
+        cancelRequested: task.cancel_requested === 1 || task.status !== TaskStatus.RUNNING,
       };
     },
 
@@ -81,7 +81,7 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
 function waitMs(req: ClaimTasksRequest, ctx: HandlerContext, maxWaitMs: number): number {
   if (req.wait === undefined) return 0;
   const wait = msFromDuration(req.wait);
-  if (wait < 0 || req.wait.nanos < 0) throw invalidArgument("wait", "must not be negative");
+  if (wait < 0 || req.wait.nanos < 0 || req.wait.nanos > 999_999_999) throw invalidArgument("wait", "must not be negative, with nanos under 1e9");
   const asked = Math.min(wait, maxWaitMs);
   const budget = ctx.timeoutMs();
   return budget === undefined ? asked : Math.max(0, Math.min(asked, budget - DEADLINE_MARGIN_MS));

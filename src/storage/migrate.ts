@@ -1,6 +1,7 @@
 import { Migrator, type Migration, type MigrationProvider } from "kysely";
 import type { Db } from "./connect.js";
-import * as initial from "./migrations/2026-11-24-initial.js";
+import * as initial from "./migrations/2026-11-24T0720-initial.js";
+import * as execution from "./migrations/2026-11-24T0810-execution.js";
 
 /** Brings the schema up to date; safe to run at every start, by every replica. */
 export async function migrateToLatest(db: Db): Promise<void> {
@@ -14,7 +15,9 @@ export async function migrateToLatest(db: Db): Promise<void> {
 
 function provider(db: Db): MigrationProvider {
   const migrations: Record<string, Migration> = {
-    "2026-11-24-initial": { up: (k) => initial.up(k, db.dialect) },
+    // Applied in name order: an ISO date and time prefix keeps it the order written.
+    "2026-11-24T0720-initial": { up: (k) => initial.up(k, db.dialect) },
+    "2026-11-24T0810-execution": { up: (k) => execution.up(k) },
   };
   return { getMigrations: async () => migrations };
 }

@@ -49,6 +49,14 @@ export interface TaskRow {
   /** The current (or last) lease; fencing compares against it. */
   lease_id: string;
   lease_expire_time: number;
+  /** A pending task is claimable from this time on (a retry waits out its delay). */
+  ready_time: number;
+  /** When the running attempt times out; 0 when not running. */
+  timeout_time: number;
+  /** Retry policy: first delay, its growth per attempt, and its cap. */
+  retry_delay_ms: number;
+  retry_backoff: number;
+  max_retry_delay_ms: number;
 }
 
 /**

@@ -1,6 +1,6 @@
 import { create, fromJson, fromJsonString, toJson, toJsonString, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
-import { TaskErrorSchema, TaskSchema, type Task, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
+import { TaskErrorSchema, TaskSchema, TaskStatus, type Task, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
 import { durationFromMs, timestampFromMs } from "../domain/time.js";
 import type { TaskRow } from "./schema.js";
 
@@ -30,6 +30,12 @@ export function taskFromRow(row: TaskRow): Task {
     suspendPayload: valueFromColumn(row.suspend_payload),
     resumeData: valueFromColumn(row.resume_data),
     workerId: row.worker_id,
+    retryTime: row.status === TaskStatus.PENDING && row.ready_time > row.create_time ? timestampFromMs(row.ready_time) : undefined,
+    retryPolicy: {
+      initialDelay: durationFromMs(row.retry_delay_ms),
+      backoffMultiplier: row.retry_backoff,
+      maxDelay: durationFromMs(row.max_retry_delay_ms),
+    },
   });
 }
 

@@ -1,11 +1,15 @@
 import { randomUUID } from "node:crypto";
 import type { JsonObject } from "@bufbuild/protobuf";
 import type { Value } from "@bufbuild/protobuf/wkt";
-import type { Transaction } from "kysely";
-import { TaskStatus, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
+import { sql, type ExpressionBuilder, type Transaction } from "kysely";
+import { create } from "@bufbuild/protobuf";
+import { TaskErrorSchema, TaskStatus, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
+import { agentLimit, hasLimits, SlotCounts, type ConcurrencyLimits } from "../domain/limits.js";
+import { canRetry, retryDelayMs } from "../domain/retry.js";
 import { requireLease, requireStatus } from "../domain/transitions.js";
-import { durationFromMs } from "../domain/time.js";
-import { taskNotFound } from "../errors.js";
+import { durationFromMs, timestampFromMs } from "../domain/time.js";
+import { taskNotFound, taskstreamError } from "../errors.js";
+import { Code } from "@connectrpc/connect";
 import type { LogSignal } from "../fanout/log-signal.js";
 import type { Db } from "./connect.js";
 import { appendEvents, runningKind, type EventKind } from "./event-log.js";
@@ -24,6 +28,11 @@ export interface NewTask {
   resourceId: string;
   maxRetries: number;
   timeoutMs: number;
+  retryDelayMs: number;
+  retryBackoff: number;
+  maxRetryDelayMs: number;
+  /** When no concurrency slot is free: wait pending, or refuse the dispatch. */
+  backpressure: "queue" | "reject";
 }
 
 /** Who takes a task, and for how long, when it starts running. */
@@ -70,6 +79,7 @@ export class TaskStore {
   constructor(
     readonly db: Db,
     private readonly signals: StoreSignals,
+    private readonly limits: ConcurrencyLimits = { global: 0, perAgent: 0, overrides: new Map() },
     private readonly clock: () => number = Date.now,
   ) {}
 
@@ -82,6 +92,8 @@ export class TaskStore {
     const { task, created } = await this.transaction(async (tx) => {
       const existing = await findDuplicate(tx.trx, input);
       if (existing) return { task: existing, created: false };
+      const slots = await this.slotCounts(tx, input.backpressure === "reject");
+      if (input.backpressure === "reject" && slots && !slots.hasSlot(input.agentId)) throw noSlot(input.agentId, this.limits);
       const pending = newTaskRow(input, tx.now);
       const inserted = await tx.trx
         .insertInto("tasks")
@@ -92,7 +104,10 @@ export class TaskStore {
       // A concurrent dispatch with the same identity committed first.
       if (!inserted) return { task: (await findDuplicate(tx.trx, input))!, created: false };
       const steps: Step[] = [{ set: { status: TaskStatus.PENDING }, event: { case: "queued", value: queuedEvent(pending) } }];
-      if (claim) steps.push(startRunning(pending, claim, tx.now));
+      // A self-claimed dispatch runs at once only in a free slot; otherwise it queues.
+      if (claim && (slots ?? (await this.slotCounts(tx, false)))?.hasSlot(input.agentId) !== false) {
+        steps.push(startRunning(pending, claim, tx.now));
+      }
       return { task: await apply(tx, pending, steps), created: true };
     });
     // A retried dispatch-with-claim gets its lease back while the same worker holds it.
@@ -103,19 +118,26 @@ export class TaskStore {
   /** Leases up to maxTasks pending tasks of the given tools (any when empty), oldest first. */
   async claim(request: ClaimBy & { toolNames: string[]; maxTasks: number }): Promise<LeasedTask[]> {
     return this.transaction(async (tx) => {
+      const slots = await this.slotCounts(tx, false);
+      if (slots?.full) return [];
       let candidates = tx.trx
         .selectFrom("tasks")
         .selectAll()
         .where("status", "=", TaskStatus.PENDING)
+        .where("ready_time", "<=", tx.now)
         .orderBy("create_time")
         .orderBy("task_id")
-        .limit(request.maxTasks);
+        // With limits, look past tasks of agents without a free slot.
+        .limit(slots ? request.maxTasks * 4 + 100 : request.maxTasks);
       if (request.toolNames.length > 0) candidates = candidates.where("tool_name", "in", request.toolNames);
       // Concurrent claimers on PostgreSQL skip each other's rows instead of waiting.
       if (this.db.dialect === "postgres") candidates = candidates.forUpdate().skipLocked();
       const pending = await candidates.execute();
       const claimed: LeasedTask[] = [];
       for (const task of pending) {
+        if (claimed.length === request.maxTasks || slots?.full) break;
+        if (slots && !slots.hasSlot(task.agent_id)) continue;
+        slots?.take(task.agent_id);
         const running = await apply(tx, task, [startRunning(task, request, tx.now)]);
         claimed.push({ task: running, lease: leaseOf(running) });
       }
@@ -123,9 +145,14 @@ export class TaskStore {
     });
   }
 
-  /** Extends a lease and tells the worker whether cancel was requested. */
+  /**
+   * Extends a lease. The worker learns to stop from the task it gets back: a
+   * cancel was requested, or the task already ended CANCELLED or TIMED_OUT.
+   */
   async heartbeat(taskId: string, leaseId: string, leaseMs: number): Promise<TaskRow> {
     return this.change(taskId, (task, now) => {
+      const revoked = task.status === TaskStatus.CANCELLED || task.status === TaskStatus.TIMED_OUT;
+      if (revoked && leaseId === task.lease_id) return [];
       requireLease(task, leaseId, "heartbeat", now);
       return [{ set: { lease_expire_time: now + leaseMs } }];
     });
@@ -151,8 +178,8 @@ export class TaskStore {
     return this.change(taskId, (task, now) => {
       requireLease(task, leaseId, "fail", now);
       if (task.cancel_requested) return [cancelStep(task.cancel_reason, now, errorToColumn(error))];
-      const set = { status: TaskStatus.FAILED, error: errorToColumn(error), complete_time: now };
-      return [{ set, event: { case: "failed", value: { error, status: TaskStatus.FAILED } } }];
+      if (error.retryable && canRetry(task)) return [retryStep(task, error, now)];
+      return [failStep(error, TaskStatus.FAILED, now)];
     });
   }
 
@@ -189,6 +216,83 @@ export class TaskStore {
       return [resumed, startRunning({ ...task, ...resumed.set }, claim, now)];
     });
     return { task, lease: claim ? leaseOf(task) : undefined };
+  }
+
+  /**
+   * Ends or retries running tasks whose attempt timed out or whose lease
+   * expired (the worker stopped heartbeating). Each is re-checked under its
+   * row lock, so when several replicas sweep, one acts. Returns how many were due.
+   */
+  async expire(limit = 100): Promise<number> {
+    const now = this.clock();
+    const due = await this.db.kysely
+      .selectFrom("tasks")
+      .select("task_id")
+      .where("status", "=", TaskStatus.RUNNING)
+      .where((eb) => eb.or([eb("lease_expire_time", "<=", now), eb.and([eb("timeout_time", ">", 0), eb("timeout_time", "<=", now)])]))
+      .limit(limit)
+      .execute();
+    for (const { task_id } of due) await this.change(task_id, expirySteps);
+    return due.length;
+  }
+
+  /**
+   * Deletes finished tasks, with their events, once older than their status's
+   * retention age, and moves the log's trimmed_through past every deleted
+   * event, so older stream cursors expire. Returns how many tasks it deleted.
+   */
+  async deleteExpired(ages: RetentionAges, batch = 1000): Promise<number> {
+    const now = this.clock();
+    const olderThan = (statuses: TaskStatus[], ageMs: number) => (eb: ExpressionBuilder<Database, "tasks">) =>
+      eb.and([eb("status", "in", statuses), eb("complete_time", "<", now - ageMs)]);
+    const expired = await this.db.kysely
+      .selectFrom("tasks")
+      .select("task_id")
+      .where((eb) =>
+        eb.or([
+          olderThan([TaskStatus.COMPLETED], ages.completedMs)(eb),
+          olderThan([TaskStatus.FAILED, TaskStatus.TIMED_OUT], ages.failedMs)(eb),
+          olderThan([TaskStatus.CANCELLED], ages.cancelledMs)(eb),
+        ]),
+      )
+      .limit(batch)
+      .execute();
+    if (expired.length === 0) return 0;
+    const ids = expired.map((r) => r.task_id);
+    await this.db.kysely.transaction().execute(async (trx) => {
+      const newest = await trx.selectFrom("events").select((eb) => eb.fn.max("sequence").as("s")).where("task_id", "in", ids).executeTakeFirst();
+      await trx.deleteFrom("events").where("task_id", "in", ids).execute();
+      await trx.deleteFrom("tasks").where("task_id", "in", ids).execute();
+      const trimmed = Number(newest?.s ?? 0);
+      await trx
+        .updateTable("log_head")
+        .set({ trimmed_through: sql`case when trimmed_through < ${trimmed} then ${trimmed} else trimmed_through end` })
+        .where("id", "=", 1)
+        .execute();
+    });
+    return ids.length;
+  }
+
+  /**
+   * Running (and with `countPending`, pending) counts under a lock that every
+   * slot-taking transaction takes first, so no two count at once; undefined
+   * when no limit is set. SQLite serializes writers by itself.
+   */
+  private async slotCounts(tx: Tx, countPending: boolean): Promise<SlotCounts | undefined> {
+    if (!hasLimits(this.limits)) return undefined;
+    if (this.db.dialect === "postgres") {
+      await tx.trx.selectFrom("log_head").select("id").where("id", "=", 1).forUpdate().execute();
+    }
+    const statuses = countPending ? [TaskStatus.RUNNING, TaskStatus.PENDING] : [TaskStatus.RUNNING];
+    const rows = await tx.trx
+      .selectFrom("tasks")
+      .select((eb) => ["agent_id", eb.fn.countAll<number | string>().as("n")])
+      .where("status", "in", statuses)
+      .groupBy("agent_id")
+      .execute();
+    const byAgent = new Map(rows.map((r) => [r.agent_id, Number(r.n)]));
+    const total = [...byAgent.values()].reduce((a, b) => a + b, 0);
+    return new SlotCounts(this.limits, total, byAgent);
   }
 
   /** Loads the task, lets `decide` check it and choose its steps, and applies them. */
@@ -268,6 +372,11 @@ function newTaskRow(input: NewTask, now: number): TaskRow {
     worker_id: "",
     lease_id: "",
     lease_expire_time: 0,
+    ready_time: now,
+    timeout_time: 0,
+    retry_delay_ms: input.retryDelayMs,
+    retry_backoff: input.retryBackoff,
+    max_retry_delay_ms: input.maxRetryDelayMs,
   };
 }
 
@@ -301,8 +410,55 @@ function startRunning(task: TaskRow, claim: ClaimBy, now: number): Step {
     worker_id: claim.workerId,
     lease_id: randomUUID(),
     lease_expire_time: now + claim.leaseMs,
+    timeout_time: now + task.timeout_ms,
   };
   return { set, event: runningKind({ ...task, ...set }) };
+}
+
+/** A failed attempt with retries left: back to PENDING, claimable after its backoff delay. */
+function retryStep(task: TaskRow, error: TaskError, now: number): Step {
+  const readyTime = now + retryDelayMs(task, task.attempt);
+  const set = { status: TaskStatus.PENDING, attempt: task.attempt + 1, ready_time: readyTime, error: errorToColumn(error) };
+  return { set, event: { case: "failed", value: { error, status: TaskStatus.FAILED, retryTime: timestampFromMs(readyTime) } } };
+}
+
+/** The last attempt failed (FAILED) or ran out of time (TIMED_OUT). */
+function failStep(error: TaskError, status: TaskStatus.FAILED | TaskStatus.TIMED_OUT, now: number): Step {
+  const set = { status, error: errorToColumn(error), complete_time: now };
+  return { set, event: { case: "failed", value: { error, status } } };
+}
+
+/** What the sweeper does with a running task: time it out, retry or fail it, or leave it. */
+function expirySteps(task: TaskRow, now: number): Step[] {
+  if (task.status !== TaskStatus.RUNNING) return [];
+  const timedOut = task.timeout_time > 0 && task.timeout_time <= now;
+  if (!timedOut && task.lease_expire_time > now) return [];
+  // A requested cancel ends the task CANCELLED, whoever acts first.
+  if (task.cancel_requested) return [cancelStep(task.cancel_reason, now, null)];
+  if (timedOut) {
+    const message = `attempt ${task.attempt} ran past its timeout of ${task.timeout_ms} ms`;
+    return [failStep(create(TaskErrorSchema, { message, code: "TIMEOUT" }), TaskStatus.TIMED_OUT, now)];
+  }
+  const message = `lease expired: worker ${task.worker_id} stopped heartbeating`;
+  const error = create(TaskErrorSchema, { message, code: "LEASE_EXPIRED", retryable: true });
+  return [canRetry(task) ? retryStep(task, error, now) : failStep(error, TaskStatus.FAILED, now)];
+}
+
+function noSlot(agentId: string, limits: ConcurrencyLimits) {
+  const limit = agentLimit(limits, agentId);
+  return taskstreamError(
+    Code.ResourceExhausted,
+    "CONCURRENCY_LIMIT",
+    `no free slot for agent "${agentId}" (agent limit ${limit || "none"}, global limit ${limits.global || "none"}); retry later or dispatch with backpressure QUEUE`,
+    { agent_id: agentId, limit: String(limit), global_limit: String(limits.global) },
+  );
+}
+
+/** How long finished tasks are kept, by how they ended. */
+export interface RetentionAges {
+  completedMs: number;
+  failedMs: number;
+  cancelledMs: number;
 }
 
 function cancelStep(reason: string, now: number, error: string | null): Step {

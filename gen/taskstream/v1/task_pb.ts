@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file taskstream/v1/task.proto.
  */
 export const file_taskstream_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("Chh0YXNrc3RyZWFtL3YxL3Rhc2sucHJvdG8SDXRhc2tzdHJlYW0udjEidgoJVGFza0Vycm9yEg8KB21lc3NhZ2UYASABKAkSDQoFc3RhY2sYAiABKAkSDAoEY29kZRgDIAEoCRIRCglyZXRyeWFibGUYBCABKAgSKAoHZGV0YWlscxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3Qi4gUKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIpCgZzdGF0dXMYAiABKA4yGS50YXNrc3RyZWFtLnYxLlRhc2tTdGF0dXMSEQoJdG9vbF9uYW1lGAMgASgJEhQKDHRvb2xfY2FsbF9pZBgEIAEoCRIlCgRhcmdzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIQCghhZ2VudF9pZBgGIAEoCRIOCgZydW5faWQYByABKAkSEQoJdGhyZWFkX2lkGAggASgJEhMKC3Jlc291cmNlX2lkGAkgASgJEiYKBnJlc3VsdBgKIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRInCgVlcnJvchgLIAEoCzIYLnRhc2tzdHJlYW0udjEuVGFza0Vycm9yEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxzdXNwZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2F0dGVtcHQYECABKAUSEwoLbWF4X3JldHJpZXMYESABKAUSKgoHdGltZW91dBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCghzZXF1ZW5jZRgTIAEoAxIYChBjYW5jZWxfcmVxdWVzdGVkGBQgASgIEi8KD3N1c3BlbmRfcGF5bG9hZBgVIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIrCgtyZXN1bWVfZGF0YRgWIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIRCgl3b3JrZXJfaWQYFyABKAkiSgoFTGVhc2USEAoIbGVhc2VfaWQYASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpMFCglUYXNrRXZlbnQSEAoIc2VxdWVuY2UYASABKAMSLgoKZXZlbnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdGFza19pZBgDIAEoCRIRCgl0b29sX25hbWUYBCABKAkSFAoMdG9vbF9jYWxsX2lkGAUgASgJEhAKCGFnZW50X2lkGAYgASgJEg4KBnJ1bl9pZBgHIAEoCRIRCgl0aHJlYWRfaWQYCCABKAkSEwoLcmVzb3VyY2VfaWQYCSABKAkSKQoGc3RhdHVzGAogASgOMhkudGFza3N0cmVhbS52MS5UYXNrU3RhdHVzEg8KB2F0dGVtcHQYCyABKAUSKwoGcXVldWVkGBQgASgLMhkudGFza3N0cmVhbS52MS5UYXNrUXVldWVkSAASLQoHcnVubmluZxgVIAEoCzIaLnRhc2tzdHJlYW0udjEuVGFza1J1bm5pbmdIABIrCgZvdXRwdXQYFiABKAsyGS50YXNrc3RyZWFtLnYxLlRhc2tPdXRwdXRIABIxCgljb21wbGV0ZWQYFyABKAsyHC50YXNrc3RyZWFtLnYxLlRhc2tDb21wbGV0ZWRIABIrCgZmYWlsZWQYGCABKAsyGS50YXNrc3RyZWFtLnYxLlRhc2tGYWlsZWRIABIxCgljYW5jZWxsZWQYGSABKAsyHC50YXNrc3RyZWFtLnYxLlRhc2tDYW5jZWxsZWRIABIxCglzdXNwZW5kZWQYGiABKAsyHC50YXNrc3RyZWFtLnYxLlRhc2tTdXNwZW5kZWRIABItCgdyZXN1bWVkGBsgASgLMhoudGFza3N0cmVhbS52MS5UYXNrUmVzdW1lZEgAQgYKBGtpbmQidAoKVGFza1F1ZXVlZBIlCgRhcmdzGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBITCgttYXhfcmV0cmllcxgCIAEoBRIqCgd0aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqQBCgtUYXNrUnVubmluZxIlCgRhcmdzGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIuCgpzdGFydF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl3b3JrZXJfaWQYAyABKAkSKwoLcmVzdW1lX2RhdGEYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiNAoKVGFza091dHB1dBImCgZvdXRwdXQYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiNwoNVGFza0NvbXBsZXRlZBImCgZyZXN1bHQYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiYAoKVGFza0ZhaWxlZBInCgVlcnJvchgBIAEoCzIYLnRhc2tzdHJlYW0udjEuVGFza0Vycm9yEikKBnN0YXR1cxgCIAEoDjIZLnRhc2tzdHJlYW0udjEuVGFza1N0YXR1cyIfCg1UYXNrQ2FuY2VsbGVkEg4KBnJlYXNvbhgBIAEoCSI4Cg1UYXNrU3VzcGVuZGVkEicKB3BheWxvYWQYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiOgoLVGFza1Jlc3VtZWQSKwoLcmVzdW1lX2RhdGEYASABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiegoKVGFza0ZpbHRlchIQCghhZ2VudF9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEQoJdGhyZWFkX2lkGAMgASgJEhMKC3Jlc291cmNlX2lkGAQgASgJEg8KB3Rhc2tfaWQYBSABKAkSEQoJdG9vbF9uYW1lGAYgASgJKt8BCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTVEFTS19TVEFUVVNfUEVORElORxABEhcKE1RBU0tfU1RBVFVTX1JVTk5JTkcQAhIZChVUQVNLX1NUQVRVU19TVVNQRU5ERUQQAxIZChVUQVNLX1NUQVRVU19DT01QTEVURUQQBBIWChJUQVNLX1NUQVRVU19GQUlMRUQQBRIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQBhIZChVUQVNLX1NUQVRVU19USU1FRF9PVVQQB2IGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Chh0YXNrc3RyZWFtL3YxL3Rhc2sucHJvdG8SDXRhc2tzdHJlYW0udjEidgoJVGFza0Vycm9yEg8KB21lc3NhZ2UYASABKAkSDQoFc3RhY2sYAiABKAkSDAoEY29kZRgDIAEoCRIRCglyZXRyeWFibGUYBCABKAgSKAoHZGV0YWlscxgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QixAYKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIpCgZzdGF0dXMYAiABKA4yGS50YXNrc3RyZWFtLnYxLlRhc2tTdGF0dXMSEQoJdG9vbF9uYW1lGAMgASgJEhQKDHRvb2xfY2FsbF9pZBgEIAEoCRIlCgRhcmdzGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIQCghhZ2VudF9pZBgGIAEoCRIOCgZydW5faWQYByABKAkSEQoJdGhyZWFkX2lkGAggASgJEhMKC3Jlc291cmNlX2lkGAkgASgJEiYKBnJlc3VsdBgKIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRInCgVlcnJvchgLIAEoCzIYLnRhc2tzdHJlYW0udjEuVGFza0Vycm9yEi8KC2NyZWF0ZV90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxzdXNwZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWNvbXBsZXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2F0dGVtcHQYECABKAUSEwoLbWF4X3JldHJpZXMYESABKAUSKgoHdGltZW91dBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCghzZXF1ZW5jZRgTIAEoAxIYChBjYW5jZWxfcmVxdWVzdGVkGBQgASgIEi8KD3N1c3BlbmRfcGF5bG9hZBgVIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIrCgtyZXN1bWVfZGF0YRgWIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIRCgl3b3JrZXJfaWQYFyABKAkSLgoKcmV0cnlfdGltZRgYIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcmV0cnlfcG9saWN5GBkgASgLMhoudGFza3N0cmVhbS52MS5SZXRyeVBvbGljeSKJAQoLUmV0cnlQb2xpY3kSMAoNaW5pdGlhbF9kZWxheRgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIaChJiYWNrb2ZmX211bHRpcGxpZXIYAiABKAESLAoJbWF4X2RlbGF5GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkoKBUxlYXNlEhAKCGxlYXNlX2lkGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKTBQoJVGFza0V2ZW50EhAKCHNlcXVlbmNlGAEgASgDEi4KCmV2ZW50X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Rhc2tfaWQYAyABKAkSEQoJdG9vbF9uYW1lGAQgASgJEhQKDHRvb2xfY2FsbF9pZBgFIAEoCRIQCghhZ2VudF9pZBgGIAEoCRIOCgZydW5faWQYByABKAkSEQoJdGhyZWFkX2lkGAggASgJEhMKC3Jlc291cmNlX2lkGAkgASgJEikKBnN0YXR1cxgKIAEoDjIZLnRhc2tzdHJlYW0udjEuVGFza1N0YXR1cxIPCgdhdHRlbXB0GAsgASgFEisKBnF1ZXVlZBgUIAEoCzIZLnRhc2tzdHJlYW0udjEuVGFza1F1ZXVlZEgAEi0KB3J1bm5pbmcYFSABKAsyGi50YXNrc3RyZWFtLnYxLlRhc2tSdW5uaW5nSAASKwoGb3V0cHV0GBYgASgLMhkudGFza3N0cmVhbS52MS5UYXNrT3V0cHV0SAASMQoJY29tcGxldGVkGBcgASgLMhwudGFza3N0cmVhbS52MS5UYXNrQ29tcGxldGVkSAASKwoGZmFpbGVkGBggASgLMhkudGFza3N0cmVhbS52MS5UYXNrRmFpbGVkSAASMQoJY2FuY2VsbGVkGBkgASgLMhwudGFza3N0cmVhbS52MS5UYXNrQ2FuY2VsbGVkSAASMQoJc3VzcGVuZGVkGBogASgLMhwudGFza3N0cmVhbS52MS5UYXNrU3VzcGVuZGVkSAASLQoHcmVzdW1lZBgbIAEoCzIaLnRhc2tzdHJlYW0udjEuVGFza1Jlc3VtZWRIAEIGCgRraW5kInQKClRhc2tRdWV1ZWQSJQoEYXJncxgBIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEwoLbWF4X3JldHJpZXMYAiABKAUSKgoHdGltZW91dBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKkAQoLVGFza1J1bm5pbmcSJQoEYXJncxgBIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGAMgASgJEisKC3Jlc3VtZV9kYXRhGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIjQKClRhc2tPdXRwdXQSJgoGb3V0cHV0GAEgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIjcKDVRhc2tDb21wbGV0ZWQSJgoGcmVzdWx0GAEgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIpABCgpUYXNrRmFpbGVkEicKBWVycm9yGAEgASgLMhgudGFza3N0cmVhbS52MS5UYXNrRXJyb3ISKQoGc3RhdHVzGAIgASgOMhkudGFza3N0cmVhbS52MS5UYXNrU3RhdHVzEi4KCnJldHJ5X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh8KDVRhc2tDYW5jZWxsZWQSDgoGcmVhc29uGAEgASgJIjgKDVRhc2tTdXNwZW5kZWQSJwoHcGF5bG9hZBgBIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSI6CgtUYXNrUmVzdW1lZBIrCgtyZXN1bWVfZGF0YRgBIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSJ6CgpUYXNrRmlsdGVyEhAKCGFnZW50X2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIRCgl0aHJlYWRfaWQYAyABKAkSEwoLcmVzb3VyY2VfaWQYBCABKAkSDwoHdGFza19pZBgFIAEoCRIRCgl0b29sX25hbWUYBiABKAkq3wEKClRhc2tTdGF0dXMSGwoXVEFTS19TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNUQVNLX1NUQVRVU19QRU5ESU5HEAESFwoTVEFTS19TVEFUVVNfUlVOTklORxACEhkKFVRBU0tfU1RBVFVTX1NVU1BFTkRFRBADEhkKFVRBU0tfU1RBVFVTX0NPTVBMRVRFRBAEEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAFEhkKFVRBU0tfU1RBVFVTX0NBTkNFTExFRBAGEhkKFVRBU0tfU1RBVFVTX1RJTUVEX09VVBAHYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Why a task failed, as its worker reported it.
@@ -218,6 +218,18 @@ export type Task = Message<"taskstream.v1.Task"> & {
    * @generated from field: string worker_id = 23;
    */
   workerId: string;
+
+  /**
+   * When a pending retry becomes claimable; unset when it is claimable now.
+   *
+   * @generated from field: google.protobuf.Timestamp retry_time = 24;
+   */
+  retryTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: taskstream.v1.RetryPolicy retry_policy = 25;
+   */
+  retryPolicy?: RetryPolicy | undefined;
 };
 
 /**
@@ -226,6 +238,38 @@ export type Task = Message<"taskstream.v1.Task"> & {
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
   messageDesc(file_taskstream_v1_task, 1);
+
+/**
+ * How a retryable failure is retried: the first delay, multiplied by
+ * backoff_multiplier for each later attempt, never longer than max_delay.
+ *
+ * @generated from message taskstream.v1.RetryPolicy
+ */
+export type RetryPolicy = Message<"taskstream.v1.RetryPolicy"> & {
+  /**
+   * @generated from field: google.protobuf.Duration initial_delay = 1;
+   */
+  initialDelay?: Duration | undefined;
+
+  /**
+   * At least 1.
+   *
+   * @generated from field: double backoff_multiplier = 2;
+   */
+  backoffMultiplier: number;
+
+  /**
+   * @generated from field: google.protobuf.Duration max_delay = 3;
+   */
+  maxDelay?: Duration | undefined;
+};
+
+/**
+ * Describes the message taskstream.v1.RetryPolicy.
+ * Use `create(RetryPolicySchema)` to create a new message.
+ */
+export const RetryPolicySchema: GenMessage<RetryPolicy> = /*@__PURE__*/
+  messageDesc(file_taskstream_v1_task, 2);
 
 /**
  * A lease on a running task. Every worker call names it; a call whose lease is
@@ -250,7 +294,7 @@ export type Lease = Message<"taskstream.v1.Lease"> & {
  * Use `create(LeaseSchema)` to create a new message.
  */
 export const LeaseSchema: GenMessage<Lease> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 2);
+  messageDesc(file_taskstream_v1_task, 3);
 
 /**
  * One entry of the event log. Every change to a task appends exactly one
@@ -382,7 +426,7 @@ export type TaskEvent = Message<"taskstream.v1.TaskEvent"> & {
  * Use `create(TaskEventSchema)` to create a new message.
  */
 export const TaskEventSchema: GenMessage<TaskEvent> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 3);
+  messageDesc(file_taskstream_v1_task, 4);
 
 /**
  * The task was dispatched and waits for a worker.
@@ -411,7 +455,7 @@ export type TaskQueued = Message<"taskstream.v1.TaskQueued"> & {
  * Use `create(TaskQueuedSchema)` to create a new message.
  */
 export const TaskQueuedSchema: GenMessage<TaskQueued> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 4);
+  messageDesc(file_taskstream_v1_task, 5);
 
 /**
  * A worker started (or restarted) the task.
@@ -447,7 +491,7 @@ export type TaskRunning = Message<"taskstream.v1.TaskRunning"> & {
  * Use `create(TaskRunningSchema)` to create a new message.
  */
 export const TaskRunningSchema: GenMessage<TaskRunning> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 5);
+  messageDesc(file_taskstream_v1_task, 6);
 
 /**
  * A chunk of output reported by the worker while the task runs.
@@ -466,7 +510,7 @@ export type TaskOutput = Message<"taskstream.v1.TaskOutput"> & {
  * Use `create(TaskOutputSchema)` to create a new message.
  */
 export const TaskOutputSchema: GenMessage<TaskOutput> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 6);
+  messageDesc(file_taskstream_v1_task, 7);
 
 /**
  * The task finished with a result.
@@ -485,10 +529,11 @@ export type TaskCompleted = Message<"taskstream.v1.TaskCompleted"> & {
  * Use `create(TaskCompletedSchema)` to create a new message.
  */
 export const TaskCompletedSchema: GenMessage<TaskCompleted> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 7);
+  messageDesc(file_taskstream_v1_task, 8);
 
 /**
- * The task failed; status is FAILED or TIMED_OUT.
+ * An attempt failed; status is FAILED or TIMED_OUT. When the task will be
+ * retried, the event's status is PENDING and retry_time says when.
  *
  * @generated from message taskstream.v1.TaskFailed
  */
@@ -502,6 +547,11 @@ export type TaskFailed = Message<"taskstream.v1.TaskFailed"> & {
    * @generated from field: taskstream.v1.TaskStatus status = 2;
    */
   status: TaskStatus;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp retry_time = 3;
+   */
+  retryTime?: Timestamp | undefined;
 };
 
 /**
@@ -509,7 +559,7 @@ export type TaskFailed = Message<"taskstream.v1.TaskFailed"> & {
  * Use `create(TaskFailedSchema)` to create a new message.
  */
 export const TaskFailedSchema: GenMessage<TaskFailed> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 8);
+  messageDesc(file_taskstream_v1_task, 9);
 
 /**
  * The task was cancelled.
@@ -528,7 +578,7 @@ export type TaskCancelled = Message<"taskstream.v1.TaskCancelled"> & {
  * Use `create(TaskCancelledSchema)` to create a new message.
  */
 export const TaskCancelledSchema: GenMessage<TaskCancelled> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 9);
+  messageDesc(file_taskstream_v1_task, 10);
 
 /**
  * The worker suspended the task.
@@ -547,7 +597,7 @@ export type TaskSuspended = Message<"taskstream.v1.TaskSuspended"> & {
  * Use `create(TaskSuspendedSchema)` to create a new message.
  */
 export const TaskSuspendedSchema: GenMessage<TaskSuspended> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 10);
+  messageDesc(file_taskstream_v1_task, 11);
 
 /**
  * A producer resumed the suspended task.
@@ -566,7 +616,7 @@ export type TaskResumed = Message<"taskstream.v1.TaskResumed"> & {
  * Use `create(TaskResumedSchema)` to create a new message.
  */
 export const TaskResumedSchema: GenMessage<TaskResumed> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 11);
+  messageDesc(file_taskstream_v1_task, 12);
 
 /**
  * Which tasks a stream or list applies to. Empty fields match everything;
@@ -611,7 +661,7 @@ export type TaskFilter = Message<"taskstream.v1.TaskFilter"> & {
  * Use `create(TaskFilterSchema)` to create a new message.
  */
 export const TaskFilterSchema: GenMessage<TaskFilter> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task, 12);
+  messageDesc(file_taskstream_v1_task, 13);
 
 /**
  * The life stage of a task.

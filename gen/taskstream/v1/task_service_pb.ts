@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Lease, Task, TaskEvent, TaskFilter, TaskStatus } from "./task_pb.js";
+import type { Lease, RetryPolicy, Task, TaskEvent, TaskFilter, TaskStatus } from "./task_pb.js";
 import { file_taskstream_v1_task } from "./task_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file taskstream/v1/task_service.proto.
  */
 export const file_taskstream_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("CiB0YXNrc3RyZWFtL3YxL3Rhc2tfc2VydmljZS5wcm90bxINdGFza3N0cmVhbS52MSJUCgxDbGFpbU9wdGlvbnMSEQoJd29ya2VyX2lkGAEgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIrACChNEaXNwYXRjaFRhc2tSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEQoJdG9vbF9uYW1lGAIgASgJEhQKDHRvb2xfY2FsbF9pZBgDIAEoCRIlCgRhcmdzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIQCghhZ2VudF9pZBgFIAEoCRIOCgZydW5faWQYBiABKAkSEQoJdGhyZWFkX2lkGAcgASgJEhMKC3Jlc291cmNlX2lkGAggASgJEhMKC21heF9yZXRyaWVzGAkgASgFEioKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoFY2xhaW0YCyABKAsyGy50YXNrc3RyZWFtLnYxLkNsYWltT3B0aW9ucyJvChREaXNwYXRjaFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMudGFza3N0cmVhbS52MS5UYXNrEiMKBWxlYXNlGAIgASgLMhQudGFza3N0cmVhbS52MS5MZWFzZRIPCgdjcmVhdGVkGAMgASgIIjQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjcKEkNhbmNlbFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMudGFza3N0cmVhbS52MS5UYXNrIn0KEVJlc3VtZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSKwoLcmVzdW1lX2RhdGEYAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSKgoFY2xhaW0YAyABKAsyGy50YXNrc3RyZWFtLnYxLkNsYWltT3B0aW9ucyJcChJSZXN1bWVUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLnRhc2tzdHJlYW0udjEuVGFzaxIjCgVsZWFzZRgCIAEoCzIULnRhc2tzdHJlYW0udjEuTGVhc2UiIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI0Cg9HZXRUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLnRhc2tzdHJlYW0udjEuVGFzayKWAQoJVGltZVJhbmdlEisKBWZpZWxkGAEgASgOMhwudGFza3N0cmVhbS52MS5UYXNrVGltZUZpZWxkEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKZAgoQTGlzdFRhc2tzUmVxdWVzdBIpCgZmaWx0ZXIYASABKAsyGS50YXNrc3RyZWFtLnYxLlRhc2tGaWx0ZXISFAoMdG9vbF9jYWxsX2lkGAIgASgJEisKCHN0YXR1c2VzGAMgAygOMhkudGFza3N0cmVhbS52MS5UYXNrU3RhdHVzEiwKCnRpbWVfcmFuZ2UYBCABKAsyGC50YXNrc3RyZWFtLnYxLlRpbWVSYW5nZRIuCghvcmRlcl9ieRgFIAEoDjIcLnRhc2tzdHJlYW0udjEuVGFza1RpbWVGaWVsZBISCgpkZXNjZW5kaW5nGAYgASgIEhEKCXBhZ2Vfc2l6ZRgHIAEoBRISCgpwYWdlX3Rva2VuGAggASgJImQKEUxpc3RUYXNrc1Jlc3BvbnNlEiIKBXRhc2tzGAEgAygLMhMudGFza3N0cmVhbS52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRISCgp0b3RhbF9zaXplGAMgASgDIk8KFUxpc3RUYXNrRXZlbnRzUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIm8KFkxpc3RUYXNrRXZlbnRzUmVzcG9uc2USKAoGZXZlbnRzGAEgAygLMhgudGFza3N0cmVhbS52MS5UYXNrRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhIKCnRvdGFsX3NpemUYAyABKAMivQEKElN0cmVhbVRhc2tzUmVxdWVzdBIpCgZmaWx0ZXIYASABKAsyGS50YXNrc3RyZWFtLnYxLlRhc2tGaWx0ZXISGwoOYWZ0ZXJfc2VxdWVuY2UYAiABKANIAIgBARIVCg1za2lwX3NuYXBzaG90GAMgASgIEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIRCg9fYWZ0ZXJfc2VxdWVuY2UivgEKE1N0cmVhbVRhc2tzUmVzcG9uc2USKQoFZXZlbnQYASABKAsyGC50YXNrc3RyZWFtLnYxLlRhc2tFdmVudEgAEjwKEXNuYXBzaG90X2NvbXBsZXRlGAIgASgLMh8udGFza3N0cmVhbS52MS5TbmFwc2hvdENvbXBsZXRlSAASMwoJaGVhcnRiZWF0GAMgASgLMh4udGFza3N0cmVhbS52MS5TdHJlYW1IZWFydGJlYXRIAEIJCgdtZXNzYWdlIiQKEFNuYXBzaG90Q29tcGxldGUSEAoIc2VxdWVuY2UYASABKAMiVAoPU3RyZWFtSGVhcnRiZWF0EhAKCHNlcXVlbmNlGAEgASgDEi8KC3NlcnZlcl90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqUAQoNVGFza1RpbWVGaWVsZBIfChtUQVNLX1RJTUVfRklFTERfVU5TUEVDSUZJRUQQABIfChtUQVNLX1RJTUVfRklFTERfQ1JFQVRFX1RJTUUQARIeChpUQVNLX1RJTUVfRklFTERfU1RBUlRfVElNRRACEiEKHVRBU0tfVElNRV9GSUVMRF9DT01QTEVURV9USU1FEAMy3QQKC1Rhc2tTZXJ2aWNlElcKDERpc3BhdGNoVGFzaxIiLnRhc2tzdHJlYW0udjEuRGlzcGF0Y2hUYXNrUmVxdWVzdBojLnRhc2tzdHJlYW0udjEuRGlzcGF0Y2hUYXNrUmVzcG9uc2USUQoKQ2FuY2VsVGFzaxIgLnRhc2tzdHJlYW0udjEuQ2FuY2VsVGFza1JlcXVlc3QaIS50YXNrc3RyZWFtLnYxLkNhbmNlbFRhc2tSZXNwb25zZRJRCgpSZXN1bWVUYXNrEiAudGFza3N0cmVhbS52MS5SZXN1bWVUYXNrUmVxdWVzdBohLnRhc2tzdHJlYW0udjEuUmVzdW1lVGFza1Jlc3BvbnNlEkgKB0dldFRhc2sSHS50YXNrc3RyZWFtLnYxLkdldFRhc2tSZXF1ZXN0Gh4udGFza3N0cmVhbS52MS5HZXRUYXNrUmVzcG9uc2USTgoJTGlzdFRhc2tzEh8udGFza3N0cmVhbS52MS5MaXN0VGFza3NSZXF1ZXN0GiAudGFza3N0cmVhbS52MS5MaXN0VGFza3NSZXNwb25zZRJdCg5MaXN0VGFza0V2ZW50cxIkLnRhc2tzdHJlYW0udjEuTGlzdFRhc2tFdmVudHNSZXF1ZXN0GiUudGFza3N0cmVhbS52MS5MaXN0VGFza0V2ZW50c1Jlc3BvbnNlElYKC1N0cmVhbVRhc2tzEiEudGFza3N0cmVhbS52MS5TdHJlYW1UYXNrc1JlcXVlc3QaIi50YXNrc3RyZWFtLnYxLlN0cmVhbVRhc2tzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_taskstream_v1_task]);
+  fileDesc("CiB0YXNrc3RyZWFtL3YxL3Rhc2tfc2VydmljZS5wcm90bxINdGFza3N0cmVhbS52MSJUCgxDbGFpbU9wdGlvbnMSEQoJd29ya2VyX2lkGAEgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqoDChNEaXNwYXRjaFRhc2tSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEQoJdG9vbF9uYW1lGAIgASgJEhQKDHRvb2xfY2FsbF9pZBgDIAEoCRIlCgRhcmdzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIQCghhZ2VudF9pZBgFIAEoCRIOCgZydW5faWQYBiABKAkSEQoJdGhyZWFkX2lkGAcgASgJEhMKC3Jlc291cmNlX2lkGAggASgJEhgKC21heF9yZXRyaWVzGAkgASgFSACIAQESKgoHdGltZW91dBgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIqCgVjbGFpbRgLIAEoCzIbLnRhc2tzdHJlYW0udjEuQ2xhaW1PcHRpb25zEjEKDGJhY2twcmVzc3VyZRgMIAEoDjIbLnRhc2tzdHJlYW0udjEuQmFja3ByZXNzdXJlEjAKDHJldHJ5X3BvbGljeRgNIAEoCzIaLnRhc2tzdHJlYW0udjEuUmV0cnlQb2xpY3lCDgoMX21heF9yZXRyaWVzIm8KFERpc3BhdGNoVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sSIwoFbGVhc2UYAiABKAsyFC50YXNrc3RyZWFtLnYxLkxlYXNlEg8KB2NyZWF0ZWQYAyABKAgiNAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNwoSQ2FuY2VsVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sifQoRUmVzdW1lVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIrCgtyZXN1bWVfZGF0YRgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIqCgVjbGFpbRgDIAEoCzIbLnRhc2tzdHJlYW0udjEuQ2xhaW1PcHRpb25zIlwKElJlc3VtZVRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMudGFza3N0cmVhbS52MS5UYXNrEiMKBWxlYXNlGAIgASgLMhQudGFza3N0cmVhbS52MS5MZWFzZSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKD0dldFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMudGFza3N0cmVhbS52MS5UYXNrIpYBCglUaW1lUmFuZ2USKwoFZmllbGQYASABKA4yHC50YXNrc3RyZWFtLnYxLlRhc2tUaW1lRmllbGQSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpkCChBMaXN0VGFza3NSZXF1ZXN0EikKBmZpbHRlchgBIAEoCzIZLnRhc2tzdHJlYW0udjEuVGFza0ZpbHRlchIUCgx0b29sX2NhbGxfaWQYAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS50YXNrc3RyZWFtLnYxLlRhc2tTdGF0dXMSLAoKdGltZV9yYW5nZRgEIAEoCzIYLnRhc2tzdHJlYW0udjEuVGltZVJhbmdlEi4KCG9yZGVyX2J5GAUgASgOMhwudGFza3N0cmVhbS52MS5UYXNrVGltZUZpZWxkEhIKCmRlc2NlbmRpbmcYBiABKAgSEQoJcGFnZV9zaXplGAcgASgFEhIKCnBhZ2VfdG9rZW4YCCABKAkiZAoRTGlzdFRhc2tzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhIKCnRvdGFsX3NpemUYAyABKAMiTwoVTGlzdFRhc2tFdmVudHNSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkibwoWTGlzdFRhc2tFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC50YXNrc3RyZWFtLnYxLlRhc2tFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEgoKdG90YWxfc2l6ZRgDIAEoAyK9AQoSU3RyZWFtVGFza3NSZXF1ZXN0EikKBmZpbHRlchgBIAEoCzIZLnRhc2tzdHJlYW0udjEuVGFza0ZpbHRlchIbCg5hZnRlcl9zZXF1ZW5jZRgCIAEoA0gAiAEBEhUKDXNraXBfc25hcHNob3QYAyABKAgSNQoSaGVhcnRiZWF0X2ludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhEKD19hZnRlcl9zZXF1ZW5jZSK+AQoTU3RyZWFtVGFza3NSZXNwb25zZRIpCgVldmVudBgBIAEoCzIYLnRhc2tzdHJlYW0udjEuVGFza0V2ZW50SAASPAoRc25hcHNob3RfY29tcGxldGUYAiABKAsyHy50YXNrc3RyZWFtLnYxLlNuYXBzaG90Q29tcGxldGVIABIzCgloZWFydGJlYXQYAyABKAsyHi50YXNrc3RyZWFtLnYxLlN0cmVhbUhlYXJ0YmVhdEgAQgkKB21lc3NhZ2UiJAoQU25hcHNob3RDb21wbGV0ZRIQCghzZXF1ZW5jZRgBIAEoAyJUCg9TdHJlYW1IZWFydGJlYXQSEAoIc2VxdWVuY2UYASABKAMSLwoLc2VydmVyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKl0KDEJhY2twcmVzc3VyZRIcChhCQUNLUFJFU1NVUkVfVU5TUEVDSUZJRUQQABIWChJCQUNLUFJFU1NVUkVfUVVFVUUQARIXChNCQUNLUFJFU1NVUkVfUkVKRUNUEAIqlAEKDVRhc2tUaW1lRmllbGQSHwobVEFTS19USU1FX0ZJRUxEX1VOU1BFQ0lGSUVEEAASHwobVEFTS19USU1FX0ZJRUxEX0NSRUFURV9USU1FEAESHgoaVEFTS19USU1FX0ZJRUxEX1NUQVJUX1RJTUUQAhIhCh1UQVNLX1RJTUVfRklFTERfQ09NUExFVEVfVElNRRADMt0ECgtUYXNrU2VydmljZRJXCgxEaXNwYXRjaFRhc2sSIi50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza1JlcXVlc3QaIy50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza1Jlc3BvbnNlElEKCkNhbmNlbFRhc2sSIC50YXNrc3RyZWFtLnYxLkNhbmNlbFRhc2tSZXF1ZXN0GiEudGFza3N0cmVhbS52MS5DYW5jZWxUYXNrUmVzcG9uc2USUQoKUmVzdW1lVGFzaxIgLnRhc2tzdHJlYW0udjEuUmVzdW1lVGFza1JlcXVlc3QaIS50YXNrc3RyZWFtLnYxLlJlc3VtZVRhc2tSZXNwb25zZRJICgdHZXRUYXNrEh0udGFza3N0cmVhbS52MS5HZXRUYXNrUmVxdWVzdBoeLnRhc2tzdHJlYW0udjEuR2V0VGFza1Jlc3BvbnNlEk4KCUxpc3RUYXNrcxIfLnRhc2tzdHJlYW0udjEuTGlzdFRhc2tzUmVxdWVzdBogLnRhc2tzdHJlYW0udjEuTGlzdFRhc2tzUmVzcG9uc2USXQoOTGlzdFRhc2tFdmVudHMSJC50YXNrc3RyZWFtLnYxLkxpc3RUYXNrRXZlbnRzUmVxdWVzdBolLnRhc2tzdHJlYW0udjEuTGlzdFRhc2tFdmVudHNSZXNwb25zZRJWCgtTdHJlYW1UYXNrcxIhLnRhc2tzdHJlYW0udjEuU3RyZWFtVGFza3NSZXF1ZXN0GiIudGFza3N0cmVhbS52MS5TdHJlYW1UYXNrc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_taskstream_v1_task]);
 
 /**
  * Asks that the task be handed to the caller at once, already RUNNING, for a
@@ -99,9 +99,11 @@ export type DispatchTaskRequest = Message<"taskstream.v1.DispatchTaskRequest"> &
   resourceId: string;
 
   /**
-   * @generated from field: int32 max_retries = 9;
+   * How often a retryable failure is retried. Defaults to the server's setting.
+   *
+   * @generated from field: optional int32 max_retries = 9;
    */
-  maxRetries: number;
+  maxRetries?: number | undefined;
 
   /**
    * Defaults to the server's task timeout.
@@ -111,11 +113,27 @@ export type DispatchTaskRequest = Message<"taskstream.v1.DispatchTaskRequest"> &
   timeout?: Duration | undefined;
 
   /**
-   * When set, the task is created RUNNING and leased to claim.worker_id.
+   * When set, the task is created RUNNING and leased to claim.worker_id, if a
+   * concurrency slot is free; otherwise backpressure decides.
    *
    * @generated from field: taskstream.v1.ClaimOptions claim = 11;
    */
   claim?: ClaimOptions | undefined;
+
+  /**
+   * What happens when the agent or the server has no free slot. Defaults to
+   * the server's setting.
+   *
+   * @generated from field: taskstream.v1.Backpressure backpressure = 12;
+   */
+  backpressure: Backpressure;
+
+  /**
+   * Defaults to the server's retry settings; fields left out take them too.
+   *
+   * @generated from field: taskstream.v1.RetryPolicy retry_policy = 13;
+   */
+  retryPolicy?: RetryPolicy | undefined;
 };
 
 /**
@@ -583,6 +601,41 @@ export const StreamHeartbeatSchema: GenMessage<StreamHeartbeat> = /*@__PURE__*/
   messageDesc(file_taskstream_v1_task_service, 17);
 
 /**
+ * What a dispatch does when its agent, or the server, runs as many tasks as
+ * its concurrency limit allows.
+ *
+ * @generated from enum taskstream.v1.Backpressure
+ */
+export enum Backpressure {
+  /**
+   * The server's default.
+   *
+   * @generated from enum value: BACKPRESSURE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The task waits PENDING until a slot frees; oldest first.
+   *
+   * @generated from enum value: BACKPRESSURE_QUEUE = 1;
+   */
+  QUEUE = 1,
+
+  /**
+   * The dispatch fails with RESOURCE_EXHAUSTED and creates nothing.
+   *
+   * @generated from enum value: BACKPRESSURE_REJECT = 2;
+   */
+  REJECT = 2,
+}
+
+/**
+ * Describes the enum taskstream.v1.Backpressure.
+ */
+export const BackpressureSchema: GenEnum<Backpressure> = /*@__PURE__*/
+  enumDesc(file_taskstream_v1_task_service, 0);
+
+/**
  * A time column of a task, for filtering and ordering lists.
  *
  * @generated from enum taskstream.v1.TaskTimeField
@@ -615,7 +668,7 @@ export enum TaskTimeField {
  * Describes the enum taskstream.v1.TaskTimeField.
  */
 export const TaskTimeFieldSchema: GenEnum<TaskTimeField> = /*@__PURE__*/
-  enumDesc(file_taskstream_v1_task_service, 0);
+  enumDesc(file_taskstream_v1_task_service, 1);
 
 /**
  * Producers dispatch, cancel and resume tasks; observers read and stream them.
@@ -623,7 +676,8 @@ export const TaskTimeFieldSchema: GenEnum<TaskTimeField> = /*@__PURE__*/
  * Errors carry a google.rpc.ErrorInfo with domain "taskstream" and one of these
  * reasons: INVALID_ARGUMENT (metadata: field), TASK_NOT_FOUND (task_id),
  * INVALID_TRANSITION (task_id, status, action), INVALID_PAGE_TOKEN,
- * PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence).
+ * PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence), CURSOR_AHEAD
+ * (last_sequence), CONCURRENCY_LIMIT (agent_id, limit).
  *
  * @generated from service taskstream.v1.TaskService
  */

@@ -142,7 +142,8 @@ export type HeartbeatResponse = Message<"taskstream.v1.HeartbeatResponse"> & {
   lease?: Lease | undefined;
 
   /**
-   * The producer cancelled the task: stop and call FailTask.
+   * Stop: the producer cancelled the task (call FailTask to confirm), or the
+   * task already ended CANCELLED or TIMED_OUT and the lease is void.
    *
    * @generated from field: bool cancel_requested = 2;
    */
