@@ -1,12 +1,13 @@
 import * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TaskStatus, type TaskEvent } from "../gen/taskstream/v1/task_pb.js";
+import { TaskStatus } from "../gen/taskstream/v1/task_pb.js";
 import { TaskService, type StreamTasksResponse } from "../gen/taskstream/v1/task_service_pb.js";
 import { create } from "@bufbuild/protobuf";
 import { TaskFilterSchema, type TaskFilter } from "../gen/taskstream/v1/task_pb.js";
-import { matchesFilter, readEvents, type EventFilter } from "../src/storage/event-log.js";
+import { readEvents, type EventFilter } from "../src/storage/event-log.js";
 import { grpcJsClient } from "./support/grpc-js-client.js";
+import { checkAgainstLog, eventFilter, type Subscriber } from "./support/log-check.js";
 import { collect, eventually, type Received } from "./support/streams.js";
 import { DIALECTS, freshDatabase, startWith, withClients, type TestServer } from "./support/test-server.js";
 
@@ -14,13 +15,6 @@ const AGENTS = ["agent-0", "agent-1", "agent-2"];
 const TOOLS = ["tool-a", "tool-b"];
 const pick = <T,>(xs: T[]) => xs[Math.floor(Math.random() * xs.length)];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A subscriber under test: its filter, and what it received. */
-interface Subscriber {
-  name: string;
-  filter: EventFilter;
-  received: Received;
-}
 
 for (const dialect of DIALECTS) {
   describe(`stream guarantees on ${dialect}`, () => {
@@ -104,29 +98,6 @@ for (const dialect of DIALECTS) {
       checkAgainstLog({ name: "restarted", filter, received: resumed }, log);
     });
   });
-}
-
-/**
- * Checks a subscriber against the log: the snapshot is exactly the running
- * tasks at S, and the events are exactly the matching log events after S,
- * in order, each once.
- */
-function checkAgainstLog(s: Subscriber, log: TaskEvent[]) {
-  const S = s.received.snapshotSequence ?? 0n;
-  const expected = log.filter((e) => e.sequence > S && matchesFilter(e, s.filter)).map((e) => e.sequence);
-  const got = s.received.events.map((e) => e.sequence);
-  expect(got, `${s.name}: events after S=${S}`).toEqual(expected);
-  for (const e of s.received.events) expect(matchesFilter(e, s.filter), `${s.name}: filter`).toBe(true);
-  if (s.received.snapshotSequence !== undefined) {
-    const runningAtS = new Map<string, TaskStatus>();
-    for (const e of log) if (e.sequence <= S && matchesFilter(e, s.filter)) runningAtS.set(e.taskId, e.status);
-    const expectedSnapshot = [...runningAtS].filter(([, status]) => status === TaskStatus.RUNNING).map(([id]) => id).sort();
-    expect(s.received.snapshot.map((e) => e.taskId).sort(), `${s.name}: snapshot at ${S}`).toEqual(expectedSnapshot);
-  }
-}
-
-function eventFilter(filter: Partial<EventFilter>): EventFilter {
-  return { agentId: "", runId: "", threadId: "", resourceId: "", taskId: "", toolName: "", ...filter };
 }
 
 /** Dispatchers, workers (one on grpc-js), a canceller and a resumer, racing. */

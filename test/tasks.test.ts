@@ -10,7 +10,8 @@ for (const dialect of DIALECTS) {
   describe(`tasks on ${dialect}`, () => {
     let t: TestServer;
     beforeAll(async () => {
-      t = await startTestServer(dialect);
+      // No sweeper here: these tests watch leases expire without it acting.
+      t = await startTestServer(dialect, { sweepIntervalMs: 3_600_000 });
     });
     afterAll(() => t?.close());
 

@@ -35,6 +35,9 @@ export async function listen(handler: Handler, options: ListenOptions): Promise<
       )
     : http2.createServer({}, handler);
   const h1 = http.createServer(handler as http.RequestListener);
+  // h1 gets its sockets from `route`, never from listen(); this starts the
+  // connection tracking closeIdleConnections() and request timeouts rely on.
+  h1.emit("listening");
   const sessions = new Set<http2.ServerHttp2Session>();
   const sockets = new Set<Duplex>();
   h2.on("session", (session) => {
@@ -81,6 +84,7 @@ async function closeGracefully(
   graceMs: number,
 ): Promise<void> {
   const closed = new Promise<void>((resolve) => parts.front.close(() => resolve()));
+  parts.h1.close();
   // GOAWAY: open streams finish, new ones go elsewhere.
   for (const session of parts.sessions) session.close();
   parts.h1.closeIdleConnections();

@@ -11,9 +11,12 @@ import { migrateToLatest } from "../storage/migrate.js";
 import { TaskStore } from "../storage/task-store.js";
 import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
 import { WorkerService } from "../../gen/taskstream/v1/worker_service_pb.js";
-import { HealthStatus } from "./health.js";
+import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/health/v1/health_pb.js";
+import { PgLogListener } from "../fanout/pg-log-listener.js";
+import { HealthStatus, OVERALL } from "./health.js";
 import { listen } from "./listener.js";
 import { fallbackHandler } from "./metrics.js";
+import { storageErrors } from "./storage-errors.js";
 import { routes } from "./routes.js";
 
 /** gRPC clients refuse messages over 4 MiB by default; the server holds to the same. */
@@ -47,8 +50,10 @@ export async function startServer(settings: Settings, logger: Logger = createLog
   const limits = { global: settings.globalConcurrency, perAgent: settings.agentConcurrency, overrides: settings.agentConcurrencyOverrides };
   const store = new TaskStore(db, { log: logSignal, pending: pendingSignal }, limits);
   const maintenance = startMaintenance(store, settings, logger);
-  const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0 }, settings };
   const health = new HealthStatus([TaskService.typeName, WorkerService.typeName]);
+  const listener = db.dialect === "postgres" ? listenForOtherReplicas(settings.database, { log: logSignal, pending: pendingSignal }, health, logger) : undefined;
+  const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0 }, settings };
+
   const shutdown = new AbortController();
   const handler = connectNodeAdapter({
     routes: routes(deps, health),
@@ -58,10 +63,11 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     acceptCompression: [compressionGzip, compressionBrotli],
     shutdownSignal: shutdown.signal,
     fallback: fallbackHandler(deps),
+    interceptors: [storageErrors(logger)],
   });
   const tls = settings.tlsCert && settings.tlsKey ? { certFile: settings.tlsCert, keyFile: settings.tlsKey } : undefined;
-  const listener = await listen(handler, { host: settings.host, port: settings.port, tls });
-  const url = `${tls ? "https" : "http"}://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${listener.port}`;
+  const server = await listen(handler, { host: settings.host, port: settings.port, tls });
+  const url = `${tls ? "https" : "http"}://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${server.port}`;
   logger.info("taskstream listening", { url, database: describeLocation(settings.database), dialect: db.dialect, tls: !!tls });
 
   let closing: Promise<void> | undefined;
@@ -70,11 +76,26 @@ export async function startServer(settings: Settings, logger: Logger = createLog
       logger.info("taskstream shutting down", { graceMs: settings.shutdownGraceMs });
       health.shutdown();
       shutdown.abort(new ConnectError("server is shutting down; reconnect", Code.Unavailable));
-      await listener.close(settings.shutdownGraceMs);
+      await server.close(settings.shutdownGraceMs);
+      await listener?.close();
       await maintenance.stop();
       await tail.close();
       await db.close();
       logger.info("taskstream stopped");
     })());
-  return { url, port: listener.port, deps, health, close };
+  return { url, port: server.port, deps, health, close };
+}
+
+/**
+ * On PostgreSQL, other replicas write too: LISTEN for their commits, and
+ * report NOT_SERVING on health while the database cannot be reached.
+ */
+function listenForOtherReplicas(url: string, signals: { log: LogSignal; pending: LogSignal }, health: HealthStatus, logger: Logger) {
+  const serving = (up: boolean) => {
+    const status = up ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
+    for (const service of [OVERALL, TaskService.typeName, WorkerService.typeName]) health.set(service, status);
+  };
+  const listener = new PgLogListener(url, signals, { onConnection: serving }, logger);
+  listener.start();
+  return listener;
 }

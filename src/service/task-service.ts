@@ -18,7 +18,7 @@ import type { ServiceDeps } from "./deps.js";
 import { leaseMessage } from "./leases.js";
 import { streamTasks } from "./stream-tasks.js";
 import { decodePageToken, encodePageToken, pageSize, requestFingerprint } from "./pagination.js";
-import { durationMs, intInRange, optionalId, requireEnum, requireId, taskFilter, timestampMs } from "./validate.js";
+import { durationMs, intInRange, optionalId, requireEnum, requireId, requireJsonObject, requireJsonValue, taskFilter, timestampMs } from "./validate.js";
 
 /** A day: the longest delay a retry policy may ask for. */
 const MAX_RETRY_DELAY_MS = 86_400_000;
@@ -41,7 +41,7 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
         requestId: optionalId("request_id", req.requestId, 128),
         toolName: requireId("tool_name", req.toolName),
         toolCallId: optionalId("tool_call_id", req.toolCallId),
-        args: req.args ?? {},
+        args: requireJsonObject("args", req.args),
         agentId: optionalId("agent_id", req.agentId),
         runId: optionalId("run_id", req.runId),
         threadId: optionalId("thread_id", req.threadId),
@@ -63,7 +63,7 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
 
     async resumeTask(req) {
       const claim = req.claim && claimBy(req.claim, deps);
-      const { task, lease } = await store.resume(requireId("task_id", req.taskId), req.resumeData, claim);
+      const { task, lease } = await store.resume(requireId("task_id", req.taskId), requireJsonValue("resume_data", req.resumeData), claim);
       return { task: taskFromRow(task), lease: lease && leaseMessage(lease) };
     },
 

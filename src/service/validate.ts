@@ -1,4 +1,5 @@
-import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import type { Duration, Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import type { TaskFilter } from "../../gen/taskstream/v1/task_pb.js";
 import type { EventFilter } from "../storage/event-log.js";
 import { invalidArgument } from "../errors.js";
@@ -60,4 +61,35 @@ export function taskFilter(filter: TaskFilter | undefined): EventFilter {
     taskId: optionalId("filter.task_id", filter?.taskId ?? ""),
     toolName: optionalId("filter.tool_name", filter?.toolName ?? ""),
   };
+}
+
+/** A Value must have a kind and finite numbers: it is stored and served as JSON. */
+export function requireJsonValue(field: string, value: Value | undefined): Value | undefined {
+  if (value === undefined) return undefined;
+  const kind = value.kind;
+  switch (kind.case) {
+    case undefined:
+      throw invalidArgument(field, "has no kind set");
+    case "numberValue":
+      if (!Number.isFinite(kind.value)) throw invalidArgument(field, "must be a finite number");
+      break;
+    case "structValue":
+      requireJsonObject(field, kind.value as unknown as JsonObject);
+      break;
+    case "listValue":
+      kind.value.values.forEach((v, i) => requireJsonValue(`${field}[${i}]`, v));
+      break;
+  }
+  return value;
+}
+
+/** A Struct, as protobuf-es hands it over (plain JSON), must hold only finite numbers. */
+export function requireJsonObject(field: string, value: JsonObject | undefined): JsonObject {
+  const visit = (path: string, v: JsonValue): void => {
+    if (typeof v === "number" && !Number.isFinite(v)) throw invalidArgument(path, "must be a finite number");
+    if (Array.isArray(v)) v.forEach((x, i) => visit(`${path}[${i}]`, x));
+    else if (v !== null && typeof v === "object") for (const [k, x] of Object.entries(v)) visit(`${path}.${k}`, x);
+  };
+  visit(field, value ?? {});
+  return value ?? {};
 }

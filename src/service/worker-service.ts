@@ -7,7 +7,7 @@ import { msFromDuration } from "../domain/time.js";
 import { taskFromRow } from "../storage/task-rows.js";
 import type { ServiceDeps } from "./deps.js";
 import { leaseMessage } from "./leases.js";
-import { durationMs, intInRange, requireId } from "./validate.js";
+import { durationMs, intInRange, requireId, requireJsonObject, requireJsonValue } from "./validate.js";
 
 export const MAX_CLAIM_BATCH = 100;
 /** Claimers look again this often even unwoken: for work other replicas queue, and retries whose delay ran out. */
@@ -55,23 +55,27 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
 
     async reportOutput(req) {
       if (req.output === undefined) throw invalidArgument("output", "is required");
-      const task = await store.reportOutput(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), req.output);
+      const output = requireJsonValue("output", req.output)!;
+      const task = await store.reportOutput(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), output);
       return { sequence: BigInt(task.sequence) };
     },
 
     async completeTask(req) {
-      const task = await store.complete(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), req.result);
+      const result = requireJsonValue("result", req.result);
+      const task = await store.complete(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), result);
       return { task: taskFromRow(task) };
     },
 
     async failTask(req) {
       const error = req.error ?? create(TaskErrorSchema, { message: "failed without an error" });
+      requireJsonObject("error.details", error.details);
       const task = await store.fail(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), error);
       return { task: taskFromRow(task) };
     },
 
     async suspendTask(req) {
-      const task = await store.suspend(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), req.payload);
+      const payload = requireJsonValue("payload", req.payload);
+      const task = await store.suspend(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), payload);
       return { task: taskFromRow(task) };
     },
   };

@@ -36,7 +36,7 @@ export function describeLocation(location: string): string {
 }
 
 function postgresPool(url: string, max: number): pg.Pool {
-  return new pg.Pool({
+  const pool = new pg.Pool({
     connectionString: url,
     max,
     // BIGINT columns hold epoch milliseconds and sequences: well inside 2^53.
@@ -45,6 +45,10 @@ function postgresPool(url: string, max: number): pg.Pool {
         oid === pg.types.builtins.INT8 ? Number : pg.types.getTypeParser(oid, format as "text")) as typeof pg.types.getTypeParser,
     },
   });
+  // An idle connection dropped by the server (a restart, a failover) is
+  // discarded by the pool; without a listener the error would end the process.
+  pool.on("error", () => {});
+  return pool;
 }
 
 function sqliteDatabase(path: string): BetterSqlite3.Database {

@@ -4,6 +4,7 @@ import { TaskEventSchema, TaskStatus, type TaskEvent } from "../../gen/taskstrea
 import type { Db } from "./connect.js";
 import { filterColumns, logBounds, type EventFilter } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
+import { fitBudget, taskSize } from "./size-budget.js";
 
 /** A time column that lists filter and order by. */
 export type TimeColumn = "create_time" | "start_time" | "complete_time";
@@ -65,9 +66,10 @@ export async function listTasks(db: Kysely<Database>, query: TaskQuery): Promise
     );
   }
   const rows = await page.execute();
+  const items = fitBudget(rows.slice(0, query.limit), taskSize);
   return {
-    items: rows.slice(0, query.limit),
-    more: rows.length > query.limit,
+    items,
+    more: rows.length > items.length,
     total: query.countTotal ? await count(matching) : undefined,
   };
 }
@@ -84,9 +86,10 @@ export async function listTaskEvents(
     .orderBy("sequence")
     .limit(query.limit + 1)
     .execute();
+  const fitting = fitBudget(rows.slice(0, query.limit), (row) => row.payload.length);
   return {
-    items: rows.slice(0, query.limit).map((row) => fromBinary(TaskEventSchema, row.payload)),
-    more: rows.length > query.limit,
+    items: fitting.map((row) => fromBinary(TaskEventSchema, row.payload)),
+    more: rows.length > fitting.length,
     total: query.countTotal ? await count(matching) : undefined,
   };
 }

@@ -11,9 +11,11 @@ import { durationFromMs, timestampFromMs } from "../domain/time.js";
 import { taskNotFound, taskstreamError } from "../errors.js";
 import { Code } from "@connectrpc/connect";
 import type { LogSignal } from "../fanout/log-signal.js";
+import { LOG_CHANNEL, notificationPayload } from "../fanout/pg-log-listener.js";
 import type { Db } from "./connect.js";
 import { appendEvents, runningKind, type EventKind } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
+import { fitBudget, taskSize } from "./size-budget.js";
 import { errorToColumn, valueToColumn } from "./task-rows.js";
 
 /** What a producer gives to create a task. */
@@ -134,8 +136,11 @@ export class TaskStore {
       if (this.db.dialect === "postgres") candidates = candidates.forUpdate().skipLocked();
       const pending = await candidates.execute();
       const claimed: LeasedTask[] = [];
+      // Claim no more than one response can carry: a lease the worker never
+      // receives would strand its task until the lease expires.
+      const fitting = new Set(fitBudget(pending, taskSize));
       for (const task of pending) {
-        if (claimed.length === request.maxTasks || slots?.full) break;
+        if (claimed.length === request.maxTasks || slots?.full || !fitting.has(task)) break;
         if (slots && !slots.hasSlot(task.agent_id)) continue;
         slots?.take(task.agent_id);
         const running = await apply(tx, task, [startRunning(task, request, tx.now)]);
@@ -312,6 +317,10 @@ export class TaskStore {
     const result = await this.db.kysely.transaction().execute(async (trx) => {
       const tx: Tx = { trx, now: this.clock(), newestSequence: 0, madePending: false };
       const value = await work(tx);
+      // Other replicas hear of the commit when it happens (NOTIFY is sent at commit).
+      if (this.db.dialect === "postgres" && tx.newestSequence > 0) {
+        await sql`select pg_notify(${LOG_CHANNEL}, ${notificationPayload(tx.newestSequence, tx.madePending)})`.execute(trx);
+      }
       committed = tx;
       return value;
     });
