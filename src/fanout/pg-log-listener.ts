@@ -49,6 +49,8 @@ export class PgLogListener {
     let backoffMs = 100;
     while (!this.stop.signal.aborted) {
       const client = new pg.Client({ connectionString: this.url });
+      // A dying connection can emit several errors; an unheard one ends the process.
+      client.on("error", () => {});
       const lost = new Promise<unknown>((resolve) => {
         client.once("error", resolve);
         client.once("end", resolve);
@@ -69,7 +71,6 @@ export class PgLogListener {
         if (!this.stop.signal.aborted) this.logger.warn("cannot LISTEN on the database; retrying", { error: String(err), backoffMs });
       }
       client.removeAllListeners("notification");
-      client.on("error", () => {});
       await client.end().catch(() => {});
       if (this.stop.signal.aborted) return;
       this.events.onConnection(false);

@@ -45,9 +45,11 @@ function postgresPool(url: string, max: number): pg.Pool {
         oid === pg.types.builtins.INT8 ? Number : pg.types.getTypeParser(oid, format as "text")) as typeof pg.types.getTypeParser,
     },
   });
-  // An idle connection dropped by the server (a restart, a failover) is
-  // discarded by the pool; without a listener the error would end the process.
+  // A connection dropped by the server (a restart, a failover) emits an error;
+  // unheard, it would end the process. The pool discards idle ones, and the
+  // query or transaction using a busy one fails with the error itself.
   pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
   return pool;
 }
 

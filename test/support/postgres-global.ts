@@ -21,7 +21,8 @@ export default async function setup(project: TestProject) {
   };
 }
 
-export async function startEmbeddedPostgres() {
+/** A real PostgreSQL from npm; `persistent` keeps its data across stop() and start(). */
+export async function startEmbeddedPostgres(options: { persistent?: boolean } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "taskstream-pg-"));
   // The server runs as the postgres user, which must reach its data directory.
   chmodSync(dir, 0o755);
@@ -31,7 +32,7 @@ export async function startEmbeddedPostgres() {
     port,
     user: "postgres",
     password: "postgres",
-    persistent: false,
+    persistent: options.persistent ?? false,
     // initdb refuses to run as root, which CI is; this makes a postgres user for it.
     createPostgresUser: true,
     // The machine has no en_US locale.

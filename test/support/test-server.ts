@@ -64,27 +64,38 @@ export async function startWith(location: string, overrides: Partial<Settings> =
 }
 
 export function withClients(server: TaskstreamServer, database: string, stop: () => Promise<void>): TestServer {
-  const transports: Record<Protocol, Transport> = {
-    grpc: createGrpcTransport({ baseUrl: server.url }),
-    connect: createConnectTransport({ baseUrl: server.url, httpVersion: "1.1", useBinaryFormat: true }),
-    "connect-json": createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }),
-    "grpc-web": createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+  const clients = connectClients(server.url, server.port);
+  return {
+    ...clients,
+    server,
+    database,
+    close: async () => {
+      clients.close();
+      await stop();
+    },
   };
-  const address = `127.0.0.1:${server.port}`;
+}
+
+/** Clients of every protocol for a server at `url`, in this process or another. */
+export function connectClients(url: string, port: number) {
+  const transports: Record<Protocol, Transport> = {
+    grpc: createGrpcTransport({ baseUrl: url }),
+    connect: createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true }),
+    "connect-json": createConnectTransport({ baseUrl: url, httpVersion: "1.1" }),
+    "grpc-web": createGrpcWebTransport({ baseUrl: url, httpVersion: "1.1" }),
+  };
+  const address = `127.0.0.1:${port}`;
   const tasksJs = grpcJsClient(TaskService, address);
   const workersJs = grpcJsClient(WorkerService, address);
   const client = <S extends DescService>(service: S, protocol: Protocol) => createClient(service, transports[protocol]);
   return {
-    server,
-    database,
-    transport: (protocol) => transports[protocol],
-    tasks: (protocol = "grpc") => client(TaskService, protocol),
-    workers: (protocol = "grpc") => client(WorkerService, protocol),
+    transport: (protocol: Protocol) => transports[protocol],
+    tasks: (protocol: Protocol = "grpc") => client(TaskService, protocol),
+    workers: (protocol: Protocol = "grpc") => client(WorkerService, protocol),
     grpcJs: { tasks: tasksJs.client, workers: workersJs.client },
-    close: async () => {
+    close: () => {
       tasksJs.close();
       workersJs.close();
-      await stop();
     },
   };
 }
