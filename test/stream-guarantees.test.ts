@@ -49,13 +49,18 @@ for (const dialect of DIALECTS) {
       subscribers.push(jsAll.subscriber);
 
       const workload = runWorkload(t, { dispatchers: 4, tasksEach: 40, workers: 4 });
-      // Late subscribers get a snapshot with tasks running in it.
+      // Late subscribers get a snapshot with tasks running in it: these three are held running.
       await sleep(300);
+      const held = await Promise.all(
+        AGENTS.map((agentId) => t.tasks().dispatchTask({ toolName: "held", agentId, claim: { workerId: "holder", leaseDuration: { seconds: 120n } } })),
+      );
       subscribe("late all", {});
       subscribe("late agent-0", { agentId: "agent-0" });
       const resumer = resumingSubscriber(t, eventFilter({ toolName: "tool-a" }), abort.signal);
       subscribers.push(resumer.subscriber);
       await workload;
+      await eventually(() => subscribers.every((s) => s.received.live), 10_000, "every snapshot");
+      for (const { task, lease } of held) await t.workers().completeTask({ taskId: task!.taskId, leaseId: lease!.leaseId });
 
       const log = await readEvents(t.server.deps.db.kysely, { after: 0, limit: 1_000_000 });
       const last = log[log.length - 1].sequence;

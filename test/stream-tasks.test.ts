@@ -107,6 +107,24 @@ for (const dialect of DIALECTS) {
       expect(sequences[0]).toBeGreaterThan(cursor);
     });
 
+    it("delivers identical events over gRPC, Connect binary and JSON, and gRPC-Web", async () => {
+      const agentId = unique();
+      const before = await t.tasks().dispatchTask({ toolName: "p", agentId, args: { nested: { list: [1, "two", null, true] } } });
+      const { task, lease } = await t.tasks().dispatchTask({ toolName: "p", agentId, claim: { workerId: "w" } });
+      await t.workers().reportOutput({ taskId: task!.taskId, leaseId: lease!.leaseId, output: { kind: { case: "stringValue", value: "out" } } });
+      await t.workers().completeTask({ taskId: task!.taskId, leaseId: lease!.leaseId, result: { kind: { case: "numberValue", value: 4.5 } } });
+      const abort = new AbortController();
+      const protocols = ["grpc", "connect", "connect-json", "grpc-web"] as const;
+      const streams = protocols.map((p) => collect(t.tasks(p), { filter: { agentId }, afterSequence: before.task!.sequence - 1n }, { signal: abort.signal }));
+      await eventually(() => streams.every((s) => s.received.events.length === 5), 5000, "five events on every protocol");
+      abort.abort();
+      await Promise.all(streams.map((s) => s.done));
+      const [reference, ...others] = streams.map((s) => s.received.events);
+      expect(reference.map((e) => e.kind.case)).toEqual(["queued", "queued", "running", "output", "completed"]);
+      expect(reference[0].kind.case === "queued" && reference[0].kind.value.args).toEqual({ nested: { list: [1, "two", null, true] } });
+      for (const events of others) expect(events).toEqual(reference);
+    });
+
     it("refuses a cursor older than the log holds with CURSOR_EXPIRED and the oldest cursor", async () => {
       // Retention moves this watermark; set it as retention would.
       await t.server.deps.db.kysely.updateTable("log_head").set({ trimmed_through: 3 }).where("id", "=", 1).execute();

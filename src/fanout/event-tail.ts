@@ -1,6 +1,5 @@
-import type { TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
 import type { Db } from "../storage/connect.js";
-import { logBounds, matchesFilter, readEvents, type EventFilter } from "../storage/event-log.js";
+import { logBounds, matchesFilter, readLogEntries, type EventFilter, type LogEntry } from "../storage/event-log.js";
 import { LogSignal } from "./log-signal.js";
 
 export interface EventTailOptions {
@@ -17,7 +16,7 @@ export interface EventTailOptions {
 
 /** What a subscriber gets from the tail: the matching events, and how far they cover the log. */
 export interface TailRead {
-  events: TaskEvent[];
+  events: LogEntry[];
   /** Every matching event with a sequence up to here is in `events` or was read before. */
   through: number;
 }
@@ -30,8 +29,8 @@ export interface TailRead {
  * reader) reads the log itself until it catches up.
  */
 export class EventTail {
-  /** Events in (floor, head], in sequence order, with their sequence as a number. */
-  private window: { sequence: number; event: TaskEvent }[] = [];
+  /** Events in (floor, head], in sequence order, as the log holds them: never decoded here. */
+  private window: LogEntry[] = [];
   private floor = 0;
   private head = 0;
   private readonly stop = new AbortController();
@@ -79,10 +78,9 @@ export class EventTail {
     if (position >= this.head) return { events: [], through: position };
     const start = this.indexAfter(position);
     const end = Math.min(this.window.length, start + limit);
-    const events: TaskEvent[] = [];
+    const events: LogEntry[] = [];
     for (let i = start; i < end; i++) {
-      const { event } = this.window[i];
-      if (matchesFilter(event, filter)) events.push(event);
+      if (matchesFilter(this.window[i], filter)) events.push(this.window[i]);
     }
     return { events, through: end === this.window.length ? this.head : this.window[end - 1].sequence };
   }
@@ -110,10 +108,10 @@ export class EventTail {
   /** Reads every event up to `target` into the window, waking streams after each batch. */
   private async catchUp(target: number): Promise<void> {
     while (this.head < target && !this.stop.signal.aborted) {
-      const events = await readEvents(this.db.kysely, { after: this.head, through: target, limit: this.options.readBatch });
-      for (const event of events) this.window.push({ sequence: Number(event.sequence), event });
-      const full = events.length === this.options.readBatch;
-      this.head = full ? Number(events[events.length - 1].sequence) : target;
+      const entries = await readLogEntries(this.db.kysely, { after: this.head, through: target, limit: this.options.readBatch });
+      this.window.push(...entries);
+      const full = entries.length === this.options.readBatch;
+      this.head = full ? entries[entries.length - 1].sequence : target;
       this.trim();
       this.grew.notify(this.head);
     }

@@ -1,10 +1,12 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { Code } from "@connectrpc/connect";
-import type { TaskService, StreamTasksRequest } from "../../gen/taskstream/v1/task_service_pb.js";
-import type { TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
+import { StreamTasksResponseSchema, type StreamTasksRequest, type StreamTasksResponse, type TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
+import { TaskEventSchema, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { msFromDuration, timestampFromMs } from "../domain/time.js";
 import { invalidArgument, taskstreamError } from "../errors.js";
-import { eventFor, logBounds, readEvents, runningKind, type EventFilter } from "../storage/event-log.js";
+import { eventFor, logBounds, readLogEntries, runningKind, type EventFilter, type LogEntry } from "../storage/event-log.js";
 import { runningSnapshot } from "../storage/task-queries.js";
 import type { ServiceDeps } from "./deps.js";
 import { taskFilter } from "./validate.js";
@@ -28,6 +30,7 @@ const STEP = 1000;
 export function streamTasks(deps: ServiceDeps): StreamTasks {
   return async function* (req, ctx) {
     const filter = taskFilter(req.filter);
+    const send = isJson(ctx.requestHeader) ? decodedResponse : encodedResponse;
     const heartbeatMs = heartbeatInterval(req);
     // Counted until the call ends. The abort matters when the client vanished
     // while a write waited for a drain that never comes: this generator then
@@ -58,7 +61,7 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
       for (;;) {
         ctx.signal.throwIfAborted();
         const step = deps.tail.read(position, filter, STEP) ?? (await readFromLog(deps, position, filter));
-        for (const e of step.events) yield event(e);
+        for (const entry of step.events) yield send(entry);
         if (step.events.length > 0) lastSent = Date.now();
         position = step.through;
         if (position < deps.tail.lastSequence) continue;
@@ -84,8 +87,8 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
 async function readFromLog(deps: ServiceDeps, position: number, filter: EventFilter) {
   await checkCursor(deps, BigInt(position));
   const through = deps.tail.lastSequence;
-  const events = await readEvents(deps.db.kysely, { after: position, through, filter, limit: STEP });
-  return { events, through: events.length === STEP ? Number(events[events.length - 1].sequence) : through };
+  const events = await readLogEntries(deps.db.kysely, { after: position, through, filter, limit: STEP });
+  return { events, through: events.length === STEP ? events[events.length - 1].sequence : through };
 }
 
 /** A resume cursor must still be held by the log, and not be ahead of it. */
@@ -115,6 +118,48 @@ function heartbeatInterval(req: StreamTasksRequest): number {
   if (ms < 0 || req.heartbeatInterval.nanos < 0) throw invalidArgument("heartbeat_interval", "must not be negative");
   if (ms === 0) return DEFAULT_HEARTBEAT_MS;
   return Math.min(MAX_HEARTBEAT_MS, Math.max(MIN_HEARTBEAT_MS, ms));
+}
+
+// One response per log entry, shared by every stream that sends it.
+const encodedResponses = new WeakMap<LogEntry, StreamTasksResponse>();
+const decodedResponses = new WeakMap<LogEntry, StreamTasksResponse>();
+
+/**
+ * For binary codecs: the response with the entry's stored bytes as field 1
+ * (`event`), as an unknown field that protobuf-es writes out verbatim. On the
+ * wire it is exactly `{event: ...}`, and no stream encodes the event again.
+ */
+function encodedResponse(entry: LogEntry): StreamTasksResponse {
+  let response = encodedResponses.get(entry);
+  if (!response) {
+    response = create(StreamTasksResponseSchema);
+    response.$unknown = [{ no: EVENT_FIELD, wireType: WireType.LengthDelimited, data: lengthPrefixed(entry.payload) }];
+    encodedResponses.set(entry, response);
+  }
+  return response;
+}
+
+/** For JSON codecs, which cannot carry raw bytes: the event decoded, once per entry. */
+function decodedResponse(entry: LogEntry): StreamTasksResponse {
+  let response = decodedResponses.get(entry);
+  if (!response) {
+    response = create(StreamTasksResponseSchema, { message: { case: "event", value: fromBinary(TaskEventSchema, entry.payload) } });
+    decodedResponses.set(entry, response);
+  }
+  return response;
+}
+
+const EVENT_FIELD = StreamTasksResponseSchema.field.event.number;
+
+function lengthPrefixed(bytes: Uint8Array): Uint8Array {
+  const writer = new BinaryWriter();
+  writer.bytes(bytes);
+  return writer.finish();
+}
+
+/** Whether the call speaks JSON (Connect JSON, gRPC-Web JSON), judged by its content type. */
+function isJson(headers: Headers): boolean {
+  return (headers.get("content-type") ?? "").includes("json");
 }
 
 function event(e: TaskEvent): Response {

@@ -76,8 +76,18 @@ export function filterColumns(filter: EventFilter | undefined): [keyof EventRow 
     .map((field) => [FILTER_COLUMNS[field], filter[field]]);
 }
 
+/** The fields that identify an event's task, which filters compare. */
+export type EventIdentity = Pick<TaskEvent, "taskId" | "toolName" | "agentId" | "runId" | "threadId" | "resourceId">;
+
+/** One event as the log holds it: its identity, to filter on, and its encoding, to send as is. */
+export interface LogEntry extends EventIdentity {
+  sequence: number;
+  /** The binary TaskEvent, encoded once when it was appended. */
+  payload: Uint8Array;
+}
+
 /** Whether an event's identity matches a filter, for filtering in memory. */
-export function matchesFilter(event: TaskEvent, filter: EventFilter): boolean {
+export function matchesFilter(event: EventIdentity, filter: EventFilter): boolean {
   return (
     (filter.agentId === "" || filter.agentId === event.agentId) &&
     (filter.runId === "" || filter.runId === event.runId) &&
@@ -88,16 +98,36 @@ export function matchesFilter(event: TaskEvent, filter: EventFilter): boolean {
   );
 }
 
-/** Reads events in (after, through], oldest first, optionally filtered in SQL. */
+/** Reads log entries in (after, through], oldest first, optionally filtered in SQL; nothing is decoded. */
+export async function readLogEntries(
+  db: Kysely<Database>,
+  query: { after: number; through?: number; filter?: EventFilter; limit: number },
+): Promise<LogEntry[]> {
+  let select = db
+    .selectFrom("events")
+    .select(["sequence", "task_id", "tool_name", "agent_id", "run_id", "thread_id", "resource_id", "payload"])
+    .where("sequence", ">", query.after);
+  if (query.through !== undefined) select = select.where("sequence", "<=", query.through);
+  for (const [column, value] of filterColumns(query.filter)) select = select.where(column, "=", value);
+  const rows = await select.orderBy("sequence").limit(query.limit).execute();
+  return rows.map((row) => ({
+    sequence: row.sequence,
+    taskId: row.task_id,
+    toolName: row.tool_name,
+    agentId: row.agent_id,
+    runId: row.run_id,
+    threadId: row.thread_id,
+    resourceId: row.resource_id,
+    payload: row.payload,
+  }));
+}
+
+/** Reads events in (after, through], decoded, oldest first. */
 export async function readEvents(
   db: Kysely<Database>,
   query: { after: number; through?: number; filter?: EventFilter; limit: number },
 ): Promise<TaskEvent[]> {
-  let select = db.selectFrom("events").select("payload").where("sequence", ">", query.after);
-  if (query.through !== undefined) select = select.where("sequence", "<=", query.through);
-  for (const [column, value] of filterColumns(query.filter)) select = select.where(column, "=", value);
-  const rows = await select.orderBy("sequence").limit(query.limit).execute();
-  return rows.map((row) => fromBinary(TaskEventSchema, row.payload));
+  return (await readLogEntries(db, query)).map((entry) => fromBinary(TaskEventSchema, entry.payload));
 }
 
 /** The log's bounds: the last sequence handed out, and how far retention trimmed it. */
