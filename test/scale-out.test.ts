@@ -89,7 +89,7 @@ describe("three replicas on one PostgreSQL", () => {
     };
     const worker = async (w: number) => {
       for (;;) {
-        const { tasks: claimed } = await onAny((r) => r.clients.workers().claimTasks({ workerId: `w${w}`, maxTasks: 3, wait: { nanos: 200_000_000 }, leaseDuration: { seconds: 3n } }), w);
+        const { tasks: claimed } = await onAny((r) => r.clients.workers().claimTasks({ workerId: `w${w}`, maxTasks: 3, wait: { nanos: 200_000_000 }, leaseDuration: { seconds: 30n } }), w);
         for (const { task, lease } of claimed) {
           const ids = { taskId: task!.taskId, leaseId: lease!.leaseId };
           await onAny((r) => r.clients.workers().reportOutput({ ...ids, output: { kind: { case: "numberValue", value: w } } }), w).catch(() => {});

@@ -10,13 +10,7 @@ import { fitBudget, taskSize } from "./size-budget.js";
 export type TimeColumn = "create_time" | "start_time" | "complete_time";
 
 /** Equality filters; an empty string matches any value. */
-export interface TaskFilterFields {
-  agentId: string;
-  runId: string;
-  threadId: string;
-  resourceId: string;
-  taskId: string;
-  toolName: string;
+export interface TaskFilterFields extends EventFilter {
   toolCallId: string;
 }
 
@@ -39,16 +33,6 @@ export interface Page<T> {
   more: boolean;
   total?: number;
 }
-
-const FILTER_COLUMNS = {
-  agentId: "agent_id",
-  runId: "run_id",
-  threadId: "thread_id",
-  resourceId: "resource_id",
-  taskId: "task_id",
-  toolName: "tool_name",
-  toolCallId: "tool_call_id",
-} as const satisfies Record<keyof TaskFilterFields, keyof TaskRow>;
 
 export function getTask(db: Kysely<Database>, taskId: string): Promise<TaskRow | undefined> {
   return db.selectFrom("tasks").selectAll().where("task_id", "=", taskId).executeTakeFirst();
@@ -96,10 +80,8 @@ export async function listTaskEvents(
 
 function taskConditions(eb: ExpressionBuilder<Database, "tasks">, query: TaskQuery) {
   const conditions = [];
-  for (const [field, column] of Object.entries(FILTER_COLUMNS) as [keyof TaskFilterFields, keyof TaskRow][]) {
-    const value = query.filter[field];
-    if (value !== "") conditions.push(eb(column, "=", value));
-  }
+  for (const [column, value] of filterColumns(query.filter)) conditions.push(eb(column, "=", value));
+  if (query.filter.toolCallId !== "") conditions.push(eb("tool_call_id", "=", query.filter.toolCallId));
   if (query.statuses.length > 0) conditions.push(eb("status", "in", query.statuses));
   const range = query.timeRange;
   if (range) {

@@ -3,23 +3,6 @@ import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import net from "node:net";
-import type { TestProject } from "vitest/node";
-
-declare module "vitest" {
-  export interface ProvidedContext {
-    postgresUrl: string;
-  }
-}
-
-/** Starts one real PostgreSQL (from npm, no Docker) for the whole test run. */
-export default async function setup(project: TestProject) {
-  const { postgres, url, stop } = await startEmbeddedPostgres();
-  project.provide("postgresUrl", url);
-  return async () => {
-    await stop();
-    void postgres;
-  };
-}
 
 /** A real PostgreSQL from npm; `persistent` keeps its data across stop() and start(). */
 export async function startEmbeddedPostgres(options: { persistent?: boolean } = {}) {
