@@ -135,18 +135,18 @@ export class TaskStore {
       // Concurrent claimers on PostgreSQL skip each other's rows instead of waiting.
       if (this.db.dialect === "postgres") candidates = candidates.forUpdate().skipLocked();
       const pending = await candidates.execute();
-      const claimed: LeasedTask[] = [];
+      const chosen: TaskRow[] = [];
       // Claim no more than one response can carry: a lease the worker never
       // receives would strand its task until the lease expires.
       const fitting = new Set(fitBudget(pending, taskSize));
       for (const task of pending) {
-        if (claimed.length === request.maxTasks || slots?.full || !fitting.has(task)) break;
+        if (chosen.length === request.maxTasks || slots?.full || !fitting.has(task)) break;
         if (slots && !slots.hasSlot(task.agent_id)) continue;
         slots?.take(task.agent_id);
-        const running = await apply(tx, task, [startRunning(task, request, tx.now)]);
-        claimed.push({ task: running, lease: leaseOf(running) });
+        chosen.push(task);
       }
-      return claimed;
+      const running = await applyAll(tx, chosen.map((task) => ({ task, steps: [startRunning(task, request, tx.now)] })));
+      return running.map((task) => ({ task, lease: leaseOf(task) }));
     });
   }
 
@@ -334,22 +334,37 @@ export class TaskStore {
 
 /** Applies steps to a task: one row update, and their events appended in order. */
 async function apply(tx: Tx, task: TaskRow, steps: Step[]): Promise<TaskRow> {
-  if (steps.length === 0) return task;
-  let next = task;
+  return (await applyAll(tx, [{ task, steps }]))[0];
+}
+
+/**
+ * Applies each task's steps: the events of all of them appended in one go (one
+ * sequence allocation, one insert), then one row update per task.
+ */
+async function applyAll(tx: Tx, changes: { task: TaskRow; steps: Step[] }[]): Promise<TaskRow[]> {
   const entries: { task: TaskRow; kind: EventKind }[] = [];
-  for (const step of steps) {
-    next = { ...next, ...step.set };
-    if (step.set.status === TaskStatus.PENDING) tx.madePending = true;
-    if (step.event) entries.push({ task: next, kind: step.event });
-  }
+  const nexts = changes.map(({ task, steps }) => {
+    let next = task;
+    for (const step of steps) {
+      next = { ...next, ...step.set };
+      if (step.set.status === TaskStatus.PENDING) tx.madePending = true;
+      if (step.event) entries.push({ task: next, kind: step.event });
+    }
+    return next;
+  });
   const events = await appendEvents(tx.trx, entries, tx.now);
-  if (events.length > 0) {
-    next = { ...next, sequence: Number(events[events.length - 1].sequence) };
-    tx.newestSequence = next.sequence;
-  }
-  const { task_id, ...columns } = next;
-  await tx.trx.updateTable("tasks").set(columns).where("task_id", "=", task_id).execute();
-  return next;
+  // Each task's row records the sequence of its last event.
+  const lastSequence = new Map(events.map((e) => [e.taskId, Number(e.sequence)]));
+  if (events.length > 0) tx.newestSequence = Number(events[events.length - 1].sequence);
+  return Promise.all(
+    nexts.map(async (next, i) => {
+      if (changes[i].steps.length === 0) return next;
+      const updated = { ...next, sequence: lastSequence.get(next.task_id) ?? next.sequence };
+      const { task_id, ...columns } = updated;
+      await tx.trx.updateTable("tasks").set(columns).where("task_id", "=", task_id).execute();
+      return updated;
+    }),
+  );
 }
 
 function newTaskRow(input: NewTask, now: number): TaskRow {
