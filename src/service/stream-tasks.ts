@@ -1,12 +1,12 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { Code } from "@connectrpc/connect";
 import { StreamTasksResponseSchema, type StreamTasksRequest, type StreamTasksResponse, type TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
-import { TaskEventSchema, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
+import { TaskEventSchema } from "../../gen/taskstream/v1/task_pb.js";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { msFromDuration, timestampFromMs } from "../domain/time.js";
 import { invalidArgument, taskstreamError } from "../errors.js";
-import { eventFor, logBounds, readLogEntries, runningKind, type EventFilter, type LogEntry } from "../storage/event-log.js";
+import { logBounds, readLogEntries, type EventFilter, type LogEntry } from "../storage/event-log.js";
 import { runningSnapshot } from "../storage/task-queries.js";
 import type { ServiceDeps } from "./deps.js";
 import { taskFilter } from "./validate.js";
@@ -49,11 +49,9 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
         position = await checkCursor(deps, req.afterSequence);
       } else {
         const snapshot = req.skipSnapshot
-          ? { sequence: (await logBounds(deps.db.kysely)).last, tasks: [] }
+          ? { sequence: (await logBounds(deps.db.kysely)).last, entries: [] }
           : await runningSnapshot(deps.db, filter);
-        for (const task of snapshot.tasks) {
-          yield event(eventFor(task, runningKind(task), task.sequence, task.start_time));
-        }
+        for (const entry of snapshot.entries) yield send(entry);
         yield { message: { case: "snapshotComplete", value: { sequence: BigInt(snapshot.sequence) } } };
         position = snapshot.sequence;
       }
@@ -160,10 +158,6 @@ function lengthPrefixed(bytes: Uint8Array): Uint8Array {
 /** Whether the call speaks JSON (Connect JSON, gRPC-Web JSON), judged by its content type. */
 function isJson(headers: Headers): boolean {
   return (headers.get("content-type") ?? "").includes("json");
-}
-
-function event(e: TaskEvent): Response {
-  return { message: { case: "event", value: e } } as Response;
 }
 
 function heartbeat(sequence: number): Response {

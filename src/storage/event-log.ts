@@ -110,7 +110,12 @@ export async function readLogEntries(
   if (query.through !== undefined) select = select.where("sequence", "<=", query.through);
   for (const [column, value] of filterColumns(query.filter)) select = select.where(column, "=", value);
   const rows = await select.orderBy("sequence").limit(query.limit).execute();
-  return rows.map((row) => ({
+  return rows.map(logEntry);
+}
+
+/** A log entry from an events row's identity columns and payload. */
+export function logEntry(row: Pick<EventRow, "sequence" | "task_id" | "tool_name" | "agent_id" | "run_id" | "thread_id" | "resource_id" | "payload">): LogEntry {
+  return {
     sequence: row.sequence,
     taskId: row.task_id,
     toolName: row.tool_name,
@@ -119,7 +124,7 @@ export async function readLogEntries(
     threadId: row.thread_id,
     resourceId: row.resource_id,
     payload: row.payload,
-  }));
+  };
 }
 
 /** Reads events in (after, through], decoded, oldest first. */
