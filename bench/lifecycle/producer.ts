@@ -1,0 +1,65 @@
+/**
+ * The producers, in their own process: on {type: "go"}, dispatch `total`
+ * tasks as fast as the server takes them, `concurrency` calls in flight over
+ * `connections` HTTP/2 connections, each as an agent would send it (agent_id,
+ * tool_call_id, small args). Reports when the last dispatch answered.
+ */
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
+
+export interface ProducerConfig {
+  url: string;
+  toolName: string;
+  total: number;
+  concurrency: number;
+  connections: number;
+  agents: number;
+}
+
+export type ProducerMessage =
+  | { type: "ready" }
+  | { type: "done"; startMs: number; endMs: number; dispatched: number; errors: number; firstError?: string; cpuSeconds: number };
+
+const config = JSON.parse(process.argv[2]) as ProducerConfig;
+const clients: Client<typeof TaskService>[] = Array.from({ length: config.connections }, () =>
+  createClient(TaskService, createGrpcTransport({ baseUrl: config.url })),
+);
+
+async function run(): Promise<ProducerMessage> {
+  let next = 0;
+  let dispatched = 0;
+  let errors = 0;
+  let firstError: string | undefined;
+  const startMs = Date.now();
+  const cpu0 = process.cpuUsage();
+  const lane = async (index: number) => {
+    const client = clients[index % clients.length];
+    for (let i = next++; i < config.total; i = next++) {
+      try {
+        await client.dispatchTask({
+          toolName: config.toolName,
+          agentId: `agent-${i % config.agents}`,
+          toolCallId: `call-${i}`,
+          runId: `run-${Math.floor(i / 100)}`,
+          args: { query: "tide tables", n: i },
+        });
+        dispatched++;
+      } catch (err) {
+        errors++;
+        firstError ??= String(err);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: config.concurrency }, (_, i) => lane(i)));
+  const cpu = process.cpuUsage(cpu0);
+  return { type: "done", startMs, endMs: Date.now(), dispatched, errors, firstError, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+}
+
+process.on("message", (message: { type: string }) => {
+  if (message.type !== "go") return;
+  void run().then((done) => process.send!(done, () => process.exit(0)));
+});
+// Opens every connection before the clock starts (the task does not exist: NOT_FOUND is the answer).
+await Promise.all(clients.map((client) => client.getTask({ taskId: "warm-up" }).catch(() => undefined)));
+process.send!({ type: "ready" } satisfies ProducerMessage);

@@ -1,0 +1,138 @@
+/** Markdown for the lifecycle bench, and its section of bench/README.md. */
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import type { ProfileSummary } from "./profile.js";
+
+export interface Settings {
+  tasks: number;
+  workerLoops: number;
+  workerConnections: number;
+  maxTasks: number;
+  claimWaitMs: number;
+  producers: number;
+  producerConnections: number;
+  agents: number;
+}
+
+export interface RunResult {
+  dialect: "sqlite" | "postgres";
+  settings: Settings;
+  /** First dispatch sent to last completed event seen by the observer. */
+  wallSeconds: number;
+  tasksPerSecond: number;
+  dispatchSeconds: number;
+  dispatchPerSecond: number;
+  /** Server clock: first queued event_time to last completed event_time. */
+  logSpanSeconds: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  serverRssPeakBytes: number;
+  serverRssEndBytes: number;
+  /** CPU in cores (1 = one core busy) over the run. */
+  serverCores: number;
+  workerCores: number;
+  producerCores: number;
+  observerCores: number;
+  /** PostgreSQL's processes (0 on SQLite). */
+  postgresCores: number;
+  /** The whole machine's busy CPU over the run, other processes included. */
+  machineCores: number;
+  events: number;
+  violations: number;
+  errors: number;
+  claimCalls: number;
+  emptyClaims: number;
+  databaseBytes?: number;
+  profile?: ProfileSummary;
+}
+
+const f0 = (n: number) => Math.round(n).toLocaleString("en-US");
+const f1 = (n: number) => n.toFixed(1);
+const f2 = (n: number) => n.toFixed(2);
+const mib = (n: number) => `${Math.round(n / 2 ** 20)} MiB`;
+
+export function settingsLine(s: Settings): string {
+  return (
+    `workers: 1 process, ${s.workerLoops} claim loops over ${s.workerConnections} HTTP/2 connection(s), ` +
+    `ClaimTasks max_tasks ${s.maxTasks} wait ${s.claimWaitMs} ms, then CompleteTask per task (a batch's completes in flight at once); ` +
+    `producers: 1 process, ${s.producers} DispatchTask calls in flight over ${s.producerConnections} connection(s), ` +
+    `agent_id + tool_call_id set (${s.agents} agents); observer: 1 StreamTasks (skip_snapshot) in the bench process`
+  );
+}
+
+/** Machine CPU not used by the bench's processes: other work on the machine (and the kernel). */
+export function otherCores(r: RunResult): number {
+  return Math.max(0, r.machineCores - r.serverCores - r.postgresCores - r.workerCores - r.producerCores - r.observerCores);
+}
+
+export function resultsTable(results: RunResult[]): string {
+  const lines = [
+    "| dialect | tasks | end to end | tasks/s end to end | dispatch/s | dispatch-to-complete p50 | p90 | p99 | max | server RSS peak / end | server CPU per task | CPU (cores): server / PostgreSQL / workers / producers / observer / rest of the machine |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+  ];
+  for (const r of results) {
+    lines.push(
+      `| ${r.dialect}${r.profile ? " (under --cpu-prof)" : ""} | ${f0(r.settings.tasks)} | ${f1(r.wallSeconds)} s | **${f0(r.tasksPerSecond)}** | ${f0(r.dispatchPerSecond)} | ` +
+        `${f0(r.p50Ms)} ms | ${f0(r.p90Ms)} ms | **${f0(r.p99Ms)} ms** | ${f0(r.maxMs)} ms | ${mib(r.serverRssPeakBytes)} / ${mib(r.serverRssEndBytes)} | ${f2((r.serverCores * r.wallSeconds * 1000) / r.settings.tasks)} ms | ` +
+        `${f2(r.serverCores)} / ${r.dialect === "postgres" ? f2(r.postgresCores) : "-"} / ${f2(r.workerCores)} / ${f2(r.producerCores)} / ${f2(r.observerCores)} / ${f2(otherCores(r))} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
+export function checksLine(r: RunResult): string {
+  const claims = `${f0(r.claimCalls)} ClaimTasks calls (${f0(r.emptyClaims)} empty), ${f1(r.settings.tasks / Math.max(1, r.claimCalls - r.emptyClaims))} tasks per non-empty claim`;
+  const db = r.databaseBytes !== undefined ? `; database ${mib(r.databaseBytes)} at the end` : "";
+  return (
+    `${r.dialect}: observer saw ${f0(r.events)} events (expected ${f0(r.settings.tasks * 3)}), ${r.violations} order violations, ` +
+    `${r.errors} call errors; log span (server clock, first queued to last completed) ${f1(r.logSpanSeconds)} s; ` +
+    `dispatching took ${f1(r.dispatchSeconds)} s; ${claims}${db}`
+  );
+}
+
+export function profileMarkdown(p: ProfileSummary): string {
+  const pct = (share: number) => `${(share * 100).toFixed(1)}%`;
+  const table = (title: string, rows: { name: string; ms: number; share: number }[]) =>
+    [`| ${title} | ms | share of busy time |`, "| --- | ---: | ---: |", ...rows.map((r) => `| ${r.name.replace(/\|/g, "\\|")} | ${f0(r.ms)} | ${pct(r.share)} |`)].join(
+      "\n",
+    );
+  return [
+    `Profile: ${f1(p.totalMs / 1000)} s sampled, ${f1(p.busyMs / 1000)} s busy (not idle).`,
+    "",
+    table("self time by area", p.areas.filter((r) => r.share >= 0.002)),
+    "",
+    table("inclusive time (each sample counted once per row)", p.inclusive),
+    "",
+    table("top functions by self time (name, script)", p.functions),
+  ].join("\n");
+}
+
+export const START = "<!-- lifecycle results: generated by bench/lifecycle/main.ts --readme; start -->";
+export const END = "<!-- lifecycle results: end -->";
+const INTRO = "Benchmark figures; each section is written by its benchmark under `bench/` and says how to run it again.";
+
+/**
+ * Writes the generated block into the `## lifecycle` section of bench/README.md,
+ * leaving the rest of the file (other benchmarks' sections) and any text of the
+ * section outside the markers as they are. Reads the file right before writing.
+ */
+export function writeReadmeSection(path: string, block: string): void {
+  const generated = `${START}\n${block.trim()}\n${END}`;
+  let text = existsSync(path) ? readFileSync(path, "utf8") : `# Benchmarks\n\n${INTRO}\n`;
+  const heading = /^## lifecycle[ \t]*$/m.exec(text);
+  if (!heading) {
+    text = `${text.trimEnd()}\n\n## lifecycle\n\n${generated}\n`;
+  } else {
+    const bodyStart = heading.index + heading[0].length;
+    const next = /^## /m.exec(text.slice(bodyStart));
+    const bodyEnd = next ? bodyStart + next.index : text.length;
+    const body = text.slice(bodyStart, bodyEnd);
+    const s = body.indexOf(START);
+    const e = body.indexOf(END);
+    const newBody =
+      s >= 0 && e > s ? body.slice(0, s) + generated + body.slice(e + END.length) : `\n\n${generated}\n${next ? "\n" : ""}`;
+    text = text.slice(0, bodyStart) + newBody + text.slice(bodyEnd);
+  }
+  writeFileSync(path, text);
+}

@@ -1,0 +1,125 @@
+/**
+ * bench/list-tasks: ListTasks and GetTask latency over a large table, on
+ * SQLite and PostgreSQL. Prints the figures and writes them to bench/README.md.
+ *
+ *   npm run bench:list-tasks -- [--tasks 1000000] [--dialect sqlite|postgres|both]
+ *     [--samples 1000] [--warmup 100] [--deep 10000] [--max-case-seconds 15] [--no-readme]
+ */
+import { fork } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { cpus, tmpdir, totalmem } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { startBenchPostgres } from "../support/postgres.js";
+import type { MeasureRequest, MeasureResult } from "./measure-child.js";
+import { dialectBlock, table, updateReadme, type Dialect, type DialectReport, type RunInfo } from "./report.js";
+import type { SeedRequest, SeedResult } from "./seed.js";
+
+const GOAL_MS = 5;
+const PAGE_SIZE = 50;
+const here = dirname(fileURLToPath(import.meta.url));
+
+const { values } = parseArgs({
+  args: process.argv.slice(2),
+  options: {
+    tasks: { type: "string", default: "1000000" },
+    dialect: { type: "string", default: "both" },
+    samples: { type: "string", default: "1000" },
+    warmup: { type: "string", default: "100" },
+    deep: { type: "string", default: "10000" },
+    "max-case-seconds": { type: "string", default: "15" },
+    "no-readme": { type: "boolean", default: false },
+  },
+  strict: true,
+});
+const count = (name: string, raw: string) => {
+  const n = Number(raw.replaceAll("_", ""));
+  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`--${name}: expected a positive integer, got "${raw}"`);
+  return n;
+};
+const tasks = count("tasks", values.tasks);
+const dialects: Dialect[] =
+  values.dialect === "both" ? ["sqlite", "postgres"] : values.dialect === "sqlite" || values.dialect === "postgres" ? [values.dialect] : [];
+if (dialects.length === 0) throw new Error(`--dialect: expected sqlite, postgres or both, got "${values.dialect}"`);
+const deep = count("deep", values.deep);
+if (deep * PAGE_SIZE >= tasks) throw new Error(`--deep ${deep} needs more than ${deep * PAGE_SIZE} tasks`);
+
+const info: RunInfo = {
+  command: ["npm run bench:list-tasks", ...(process.argv.length > 2 ? ["--", ...process.argv.slice(2)] : [])].join(" "),
+  date: new Date().toISOString().slice(0, 10),
+  machine: `${cpus().length} cores (${cpus()[0]?.model.trim() ?? "unknown CPU"}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.versions.node}`,
+  pageSize: PAGE_SIZE,
+  goalMs: GOAL_MS,
+};
+
+/** Runs a bench script in a child process and returns what it sends back. */
+function inChild<T>(script: string, message: unknown, execArgv: string[] = []): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const child = fork(join(here, script), [], {
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+      execArgv: [...process.execArgv, ...execArgv],
+    });
+    let answered = false;
+    child.once("message", (m: { ok: boolean; result?: T; error?: string }) => {
+      answered = true;
+      if (m.ok) resolve(m.result!);
+      else reject(new Error(`${script}: ${m.error}`));
+    });
+    child.once("exit", (code) => answered || reject(new Error(`${script} exited with ${code}`)));
+    child.send(message as never);
+  });
+}
+
+async function runDialect(dialect: Dialect): Promise<DialectReport> {
+  const started = performance.now();
+  console.error(`\n== ${dialect}: ${tasks.toLocaleString("en-US")} tasks`);
+  let location: string;
+  let cleanup: () => Promise<void>;
+  if (dialect === "sqlite") {
+    const dir = mkdtempSync(join(tmpdir(), "taskstream-bench-"));
+    location = join(dir, "taskstream.db");
+    cleanup = async () => rmSync(dir, { recursive: true, force: true });
+  } else {
+    const postgres = await startBenchPostgres();
+    location = postgres.url;
+    cleanup = postgres.stop;
+  }
+  try {
+    const nowMs = Date.now();
+    // A larger young generation halves the garbage collector's share of making 1M rows.
+    const seed = await inChild<SeedResult>("seed-child.ts", { location, tasks, nowMs } satisfies SeedRequest, ["--max-semi-space-size=64"]);
+    console.error(`  seeding ${(seed.seedMs / 1000).toFixed(1)} s, statistics ${(seed.analyzeMs / 1000).toFixed(1)} s`);
+    const measured = await inChild<MeasureResult>("measure-child.ts", {
+      location,
+      tasks,
+      nowMs,
+      sampleIds: seed.sampleIds,
+      deep,
+      pageSize: PAGE_SIZE,
+      samples: count("samples", values.samples),
+      warmup: count("warmup", values.warmup),
+      maxCaseSeconds: count("max-case-seconds", values["max-case-seconds"]),
+    } satisfies MeasureRequest);
+    const { sampleIds: _ids, ...seedFigures } = seed;
+    return { dialect, tasks, seed: seedFigures, measured, totalSeconds: (performance.now() - started) / 1000 };
+  } finally {
+    await cleanup();
+  }
+}
+
+const reports: DialectReport[] = [];
+for (const dialect of dialects) {
+  const report = await runDialect(dialect);
+  reports.push(report);
+  console.log(`\n${dialectBlock(report, info)}\n`);
+  console.log("Query plans (first call of each case):\n");
+  for (const c of report.measured.cases) console.log(`== ${c.name}\n${c.plans.join("\n")}\n`);
+}
+console.log(`\n## Summary (${info.command})\n`);
+for (const r of reports) console.log(`### ${r.dialect}\n\n${table(r, GOAL_MS)}\n`);
+if (!values["no-readme"]) {
+  const readme = join(here, "..", "README.md");
+  updateReadme(readme, info, reports);
+  console.log(`Wrote ${readme}`);
+}

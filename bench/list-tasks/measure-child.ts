@@ -1,0 +1,285 @@
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { sql } from "kysely";
+import { loadavg } from "node:os";
+import { promisify } from "node:util";
+import { gunzip, gzip } from "node:zlib";
+import type { Task } from "../../gen/taskstream/v1/task_pb.js";
+import { GetTaskResponseSchema, ListTasksResponseSchema, TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
+import type { TaskRow } from "../../src/storage/schema.js";
+import { taskFromRow } from "../../src/storage/task-rows.js";
+import { loadSettings } from "../../src/config.js";
+import { startServer } from "../../src/server/server.js";
+import { getTask, listTasks } from "../../src/storage/task-queries.js";
+import { listCases, positionAfter, storageQuery, type ListCase, type ListRequest } from "./cases.js";
+import { explainCalls } from "./explain.js";
+import { measure, type MeasureOptions, type Stats } from "./stats.js";
+
+export interface MeasureRequest {
+  location: string;
+  tasks: number;
+  nowMs: number;
+  sampleIds: string[];
+  deep: number;
+  pageSize: number;
+  samples: number;
+  warmup: number;
+  maxCaseSeconds: number;
+}
+
+export interface CaseResult {
+  name: string;
+  /** How many tasks match (total_size); a range when the case rotates its filter. */
+  matches: string;
+  /** Over the network: a connect-node gRPC client calling the in-process server (none: storage only). */
+  rpc?: Stats;
+  /** listTasks / getTask from src/storage, as the handler calls it. */
+  storage?: Stats;
+  /** listTasks without the COUNT(*) for total_size (first pages only). */
+  pageOnly?: Stats;
+  plans: string[];
+}
+
+/** Where the time of one response goes, step by step (p50 and mean of each step alone). */
+export interface Breakdown {
+  name: string;
+  tasks: number;
+  bytes: number;
+  gzippedBytes: number;
+  steps: { step: string; stats: Stats }[];
+  /** The whole call over gRPC, from the cases. */
+  call?: Stats;
+}
+
+export interface MeasureResult {
+  engineVersion: string;
+  cases: CaseResult[];
+  breakdowns: Breakdown[];
+  walks: { name: string; how: "gRPC" | "storage"; pages: number; pageSize: number; seconds: number }[];
+  /** Events the server's background work appended while measuring (0: it changed nothing). */
+  backgroundEvents: number;
+  /** 1-minute load average before and after measuring: other work on the machine shows here. */
+  loadBefore: number;
+  loadAfter: number;
+  rssAfterStartBytes: number;
+  rssBytes: number;
+  maxRssBytes: number;
+  seconds: number;
+}
+
+/**
+ * Starts the real server in this process on the seeded database, and times
+ * each case over gRPC and straight against storage, one call at a time.
+ */
+export async function runCases(request: MeasureRequest, log: (line: string) => void): Promise<MeasureResult> {
+  const started = performance.now();
+  const loadBefore = loadavg()[0];
+  // Retention keeps 60 days, as a deployment that keeps this history would set it: the
+  // defaults (completed and cancelled tasks 1 h, failed 1 day) would have the server
+  // deleting nearly the whole table while it is measured.
+  const keep = 60 * 86_400_000;
+  const server = await startServer(
+    loadSettings([], {}, {
+      host: "127.0.0.1",
+      port: 0,
+      database: request.location,
+      logLevel: "error",
+      retainCompletedMs: keep,
+      retainFailedMs: keep,
+      retainCancelledMs: keep,
+    }),
+  );
+  const rssAfterStartBytes = process.memoryUsage().rss;
+  const db = server.deps.db;
+  const gzipClient = createClient(TaskService, createGrpcTransport({ baseUrl: server.url }));
+  const identityClient = createClient(TaskService, createGrpcTransport({ baseUrl: server.url, acceptCompression: [] }));
+  const options: MeasureOptions = {
+    warmup: request.warmup,
+    samples: request.samples,
+    maxMs: request.maxCaseSeconds * 1000,
+    minSamples: Math.min(request.samples, 200),
+  };
+  const pageSize = request.pageSize;
+  const walks: MeasureResult["walks"] = [];
+  const walked = new Map<string, { token: string; after: { value: number; taskId: string } }>();
+
+  /**
+   * Follows next_page_token from the first page, once, `depth` times; keeps
+   * the token and the keyset position it stands for. A storage-only case
+   * pages storage instead, 1000 tasks a query, to the same position.
+   */
+  async function walk(c: ListCase, client: Client<typeof TaskService>) {
+    const req = c.request(0);
+    const key = `${JSON.stringify(storageQuery(req))}|${c.depth}|${c.storageOnly ?? false}`;
+    const known = walked.get(key);
+    if (known) return known;
+    const t0 = performance.now();
+    let found: { token: string; after: { value: number; taskId: string } };
+    let calls: number;
+    let size: number;
+    if (c.storageOnly) {
+      size = 1000;
+      calls = (c.depth * pageSize) / size;
+      if (!Number.isInteger(calls)) throw new Error(`${c.name}: ${c.depth} pages of ${pageSize} are not whole pages of ${size}`);
+      const query = storageQuery(req);
+      let after: { value: number; taskId: string } | undefined;
+      for (let page = 0; page < calls; page++) {
+        const { items } = await listTasks(db.kysely, { ...query, limit: size, after, countTotal: false });
+        const last = items[items.length - 1];
+        after = { value: last[query.orderBy], taskId: last.task_id };
+      }
+      found = { token: "", after: after! };
+    } else {
+      size = pageSize;
+      calls = c.depth;
+      let token = "";
+      let last: Task | undefined;
+      for (let page = 0; page < calls; page++) {
+        const res = await client.listTasks({ ...req, pageSize, pageToken: token });
+        if (res.nextPageToken === "") throw new Error(`${c.name}: only ${page + 1} pages`);
+        token = res.nextPageToken;
+        last = res.tasks[res.tasks.length - 1];
+      }
+      found = { token, after: positionAfter(req, last!) };
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const how = c.storageOnly ? "storage" : "gRPC";
+    walks.push({ name: c.name, how, pages: calls, pageSize: size, seconds });
+    log(`    walked ${calls.toLocaleString("en-US")} pages of ${size} (${how}) in ${seconds.toFixed(1)} s`);
+    walked.set(key, found);
+    return found;
+  }
+
+  const cases: CaseResult[] = [];
+  let deep: { name: string; rows: TaskRow[] } | undefined;
+  for (const c of listCases(request.nowMs, request.deep)) {
+    log(`  ${c.name}`);
+    const client = c.identity ? identityClient : gzipClient;
+    const walkedTo = c.depth > 0 ? await walk(c, client) : undefined;
+    const rpcRequest = (i: number): ListRequest =>
+      walkedTo ? { ...c.request(0), pageSize, pageToken: walkedTo.token } : { ...c.request(i), pageSize };
+    const storageCall = (k: typeof db.kysely, i: number, countTotal: boolean) =>
+      listTasks(k, { ...storageQuery(c.request(walkedTo ? 0 : i)), limit: pageSize, after: walkedTo?.after, countTotal });
+
+    // The storage call must be the query the handler makes: same page.
+    const viaStorage = await storageCall(db.kysely, 0, !walkedTo);
+    if (!c.storageOnly) {
+      const viaRpc = await client.listTasks(rpcRequest(0));
+      const ids = (xs: { taskId?: string; task_id?: string }[]) => xs.map((x) => x.taskId ?? x.task_id).join(",");
+      if (ids(viaRpc.tasks) !== ids(viaStorage.items)) throw new Error(`${c.name}: gRPC and storage pages differ`);
+    }
+
+    // The first deep page is the one whose response is taken apart step by step.
+    if (c.depth === request.deep && !c.identity && !c.storageOnly) deep ??= { name: c.name, rows: viaStorage.items };
+
+    const totals: number[] = [];
+    const rpc = c.storageOnly
+      ? undefined
+      : await measure(async (i) => {
+          const res = await client.listTasks(rpcRequest(i));
+          totals.push(Number(res.totalSize));
+        }, options);
+    const storage = c.identity
+      ? undefined
+      : await measure((i) => storageCall(db.kysely, i, !walkedTo), options);
+    // A storage-only deep case matches what its first page counts.
+    if (c.storageOnly) totals.push((await listTasks(db.kysely, { ...storageQuery(c.request(0)), limit: 1, countTotal: true })).total!);
+    const pageOnly = walkedTo || c.identity ? undefined : await measure((i) => storageCall(db.kysely, i, false), options);
+    const plans = c.identity ? [] : await explainCalls(db, (k) => storageCall(k, 0, !walkedTo));
+    cases.push({ name: c.name, matches: range(totals), rpc, storage, pageOnly, plans });
+    log(`    gRPC p50 ${rpc?.p50.toFixed(2) ?? "-"} ms, p99 ${rpc?.p99.toFixed(2) ?? "-"} ms; storage p99 ${storage?.p99.toFixed(2) ?? "-"} ms`);
+  }
+
+  log("  GetTask");
+  const ids = request.sampleIds;
+  const id = (i: number) => ids[(i * 7919) % ids.length];
+  const rpc = await measure((i) => gzipClient.getTask({ taskId: id(i) }), options);
+  const storage = await measure(async (i) => {
+    if (!(await getTask(db.kysely, id(i)))) throw new Error(`task ${id(i)} not found`);
+  }, options);
+  const plans = await explainCalls(db, (k) => getTask(k, id(0)));
+  cases.push({ name: "GetTask (random known ids)", matches: "1", rpc, storage, plans });
+  log(`    gRPC p50 ${rpc.p50.toFixed(2)} ms, p99 ${rpc.p99.toFixed(2)} ms`);
+
+  const breakdowns: Breakdown[] = [];
+  if (deep) breakdowns.push(await breakdown(deep.name, deep.rows, cases.find((c) => c.name === deep!.name)!, true, options));
+  const one = await getTask(db.kysely, id(0));
+  breakdowns.push(await breakdown("GetTask", [one!], cases[cases.length - 1], false, options));
+
+  const version =
+    db.dialect === "sqlite"
+      ? `SQLite ${(await sql<{ v: string }>`SELECT sqlite_version() AS v`.execute(db.kysely)).rows[0].v}`
+      : (await sql<{ v: string }>`SELECT version() AS v`.execute(db.kysely)).rows[0].v.replace(/ on .*/, "");
+  // The sweeper and retention run in the server throughout; any change they made appended events.
+  const events = Number((await sql<{ n: number | string }>`SELECT count(*) AS n FROM events`.execute(db.kysely)).rows[0].n);
+  if (events > 0) log(`  warning: the server changed tasks during the run (${events} events appended)`);
+  const rssBytes = process.memoryUsage().rss;
+  const maxRssBytes = process.resourceUsage().maxRSS * 1024;
+  await server.close();
+  return {
+    engineVersion: version,
+    cases,
+    breakdowns,
+    walks,
+    backgroundEvents: events,
+    loadBefore,
+    loadAfter: loadavg()[0],
+    rssAfterStartBytes,
+    rssBytes,
+    maxRssBytes,
+    seconds: (performance.now() - started) / 1000,
+  };
+}
+
+const gzipAsync = promisify(gzip);
+const gunzipAsync = promisify(gunzip);
+
+/**
+ * Times each step of answering with these rows, alone: converting rows to
+ * messages, encoding, gzip (async, on the thread pool, as connect-node does
+ * it), and the client's gunzip and decoding.
+ */
+async function breakdown(name: string, rows: TaskRow[], c: CaseResult, list: boolean, options: MeasureOptions): Promise<Breakdown> {
+  const encode = () => {
+    const tasks = rows.map(taskFromRow);
+    return list
+      ? toBinary(ListTasksResponseSchema, create(ListTasksResponseSchema, { tasks, nextPageToken: "x".repeat(120), totalSize: 1n }))
+      : toBinary(GetTaskResponseSchema, create(GetTaskResponseSchema, { task: tasks[0] }));
+  };
+  const bytes = encode();
+  const gzipped = await gzipAsync(bytes);
+  const schema = list ? ListTasksResponseSchema : GetTaskResponseSchema;
+  const steps: Breakdown["steps"] = [];
+  if (c.storage) steps.push({ step: "storage query", stats: c.storage });
+  steps.push({ step: `taskFromRow x ${rows.length}`, stats: await measure(async () => rows.map(taskFromRow), options) });
+  const messages = rows.map(taskFromRow);
+  const message = list
+    ? create(ListTasksResponseSchema, { tasks: messages, nextPageToken: "x".repeat(120), totalSize: 1n })
+    : create(GetTaskResponseSchema, { task: messages[0] });
+  steps.push({ step: "toBinary", stats: await measure(async () => toBinary(schema, message as never), options) });
+  // connect-node compresses only messages of 1 KiB or more.
+  if (bytes.length >= 1024) {
+    steps.push({ step: "gzip (thread pool)", stats: await measure(() => gzipAsync(bytes), options) });
+    steps.push({ step: "client: gunzip (thread pool)", stats: await measure(() => gunzipAsync(gzipped), options) });
+  }
+  steps.push({ step: "client: fromBinary", stats: await measure(async () => fromBinary(schema, bytes), options) });
+  return { name, tasks: rows.length, bytes: bytes.length, gzippedBytes: bytes.length >= 1024 ? gzipped.length : bytes.length, steps, call: c.rpc };
+}
+
+/** "n", or "median (min–max)" when the case's filter rotates. */
+function range(values: number[]): string {
+  const sorted = [...values].sort((a, b) => a - b);
+  const fmt = (n: number) => n.toLocaleString("en-US");
+  if (sorted[0] === sorted[sorted.length - 1]) return fmt(sorted[0]);
+  return `${fmt(sorted[Math.floor(sorted.length / 2)])} (${fmt(sorted[0])}–${fmt(sorted[sorted.length - 1])})`;
+}
+
+if (process.send) {
+  process.once("message", (request: MeasureRequest) => {
+    runCases(request, (line) => process.stderr.write(`${line}\n`)).then(
+      (result) => process.send!({ ok: true, result }, () => process.exit(0)),
+      (err: unknown) => process.send!({ ok: false, error: String((err as Error)?.stack ?? err) }, () => process.exit(1)),
+    );
+  });
+}

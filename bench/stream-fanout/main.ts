@@ -1,0 +1,560 @@
+/**
+ * bench/stream-fanout: StreamTasks fan-out, measured against the raw
+ * transport in the same run. Prints figures (it passes or fails nothing) and
+ * writes them to the "## stream-fanout" section of bench/README.md.
+ *
+ *   npm run bench:stream-fanout -- [--quick] [--dialect sqlite|postgres] [--profile] [--no-readme]
+ *     [--agents 1000] [--unfiltered 100] [--connections 16] [--idle-streams 10000]
+ *     [--streams-per-connection 100] [--snapshot-tasks 100000] [--replay-events 100000]
+ *     [--step-seconds 8] [--start-rate 100] [--rate-factor 1.4] [--max-steps 12]
+ *     [--half-seconds 15] [--raw-seconds 8] [--concurrency 32] [--repeats 3]
+ *     [--phases snapshot,raw,fanout,idle] [--quiet-wait-seconds 45] [--quiet-budget-seconds 240]
+ *
+ * Processes: the server (`node bin/taskstream.js serve`) and the raw server
+ * are children; the producer is a child; every stream client runs in this
+ * process, over HTTP/2 gRPC (connect-node createGrpcTransport).
+ */
+import { execFileSync, fork, type ChildProcess } from "node:child_process";
+import { copyFileSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
+import { startBenchPostgres } from "../support/postgres.js";
+import { grpcTransports, StreamGroup } from "./clients.js";
+import { PhaseSampler, rssBytes, sleep, spawnServer, waitFor, waitForQuiet, type PhaseUsage, type Spawned } from "./procs.js";
+import { dispatchShape, type ProduceRequest, type ProduceResult } from "./producer.js";
+import { summarizeProfile } from "./profile.js";
+import { printAndWrite, type Report, type StepResult, type RawResult } from "./report.js";
+import type { SeedRequest, SeedResult } from "./seed.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const DAY_MS = 86_400_000;
+const root = join(here, "..", "..");
+
+const { values } = parseArgs({
+  args: process.argv.slice(2),
+  options: {
+    quick: { type: "boolean", default: false },
+    dialect: { type: "string", default: "sqlite" },
+    profile: { type: "boolean", default: false },
+    "no-readme": { type: "boolean", default: false },
+    "quiet-wait-seconds": { type: "string" },
+    "quiet-budget-seconds": { type: "string" },
+    phases: { type: "string", default: "snapshot,raw,fanout,idle" },
+    agents: { type: "string" },
+    unfiltered: { type: "string" },
+    connections: { type: "string" },
+    "idle-streams": { type: "string" },
+    "streams-per-connection": { type: "string" },
+    "snapshot-tasks": { type: "string" },
+    "replay-events": { type: "string" },
+    "step-seconds": { type: "string" },
+    "start-rate": { type: "string" },
+    "rate-factor": { type: "string" },
+    "max-steps": { type: "string" },
+    "half-seconds": { type: "string" },
+    "raw-seconds": { type: "string" },
+    concurrency: { type: "string" },
+    repeats: { type: "string" },
+  },
+  strict: true,
+});
+
+const quick = values.quick;
+const num = (name: keyof typeof values, full: number, short: number): number => {
+  const raw = values[name];
+  if (raw === undefined || typeof raw === "boolean") return quick ? short : full;
+  const n = Number(String(raw).replaceAll("_", ""));
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name}: expected a positive number, got "${raw}"`);
+  return n;
+};
+const dialect = values.dialect;
+if (dialect !== "sqlite" && dialect !== "postgres") throw new Error(`--dialect: sqlite or postgres, not "${dialect}"`);
+
+const PHASES = ["snapshot", "raw", "fanout", "idle"];
+const phases = new Set(values.phases.split(",").map((p) => p.trim()));
+for (const p of phases) if (!PHASES.includes(p)) throw new Error(`--phases: ${p} is not one of ${PHASES.join(",")}`);
+
+const cfg = {
+  agents: num("agents", 1000, 100),
+  unfiltered: num("unfiltered", 100, 10),
+  connections: num("connections", 16, 4),
+  idleStreams: num("idle-streams", 10_000, 1000),
+  streamsPerConnection: num("streams-per-connection", 100, 100),
+  snapshotTasks: num("snapshot-tasks", 100_000, 10_000),
+  replayEvents: num("replay-events", 100_000, 10_000),
+  stepSeconds: num("step-seconds", 8, 3),
+  startRate: num("start-rate", 100, 100),
+  rateFactor: num("rate-factor", 1.4, 1.6),
+  maxSteps: num("max-steps", 12, 4),
+  halfSeconds: num("half-seconds", 15, 4),
+  rawSeconds: num("raw-seconds", 8, 3),
+  concurrency: num("concurrency", 32, 16),
+  repeats: num("repeats", 3, 1),
+  quietWaitSeconds: values["quiet-wait-seconds"] === "0" ? 0 : num("quiet-wait-seconds", 45, 5),
+  /** All the quiet waits of a run together stop at this. */
+  quietBudgetSeconds: num("quiet-budget-seconds", 240, 20),
+};
+if (cfg.replayEvents > 2 * cfg.snapshotTasks) throw new Error("--replay-events: the seed writes 2 events per snapshot task; ask for fewer");
+
+const command = ["npm run bench:stream-fanout", ...(process.argv.length > 2 ? ["--", ...process.argv.slice(2)] : [])].join(" ");
+const log = (line: string) => process.stderr.write(`${line}\n`);
+const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+
+/** Runs a bench script in a child process and returns its one answer. */
+function inChild<T>(script: string, message: unknown): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const child = fork(join(here, script), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    child.once("message", (m: { ok: boolean; result?: T; error?: string }) => {
+      child.kill();
+      if (m.ok) resolve(m.result!);
+      else reject(new Error(`${script}: ${m.error}`));
+    });
+    child.once("exit", (code) => reject(new Error(`${script} exited with ${code}`)));
+    child.send(message as never);
+  });
+}
+
+/** The producer process, kept for the whole fan-out phase. */
+class Producer {
+  private readonly child: ChildProcess = fork(join(here, "producer.ts"), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  private runs = 0;
+
+  run(request: Omit<ProduceRequest, "tag" | "agents" | "concurrency"> & { concurrency?: number }): Promise<ProduceResult> {
+    return new Promise((resolve, reject) => {
+      this.child.once("message", (m: { ok: boolean; result?: ProduceResult; error?: string }) =>
+        m.ok ? resolve(m.result!) : reject(new Error(`producer: ${m.error}`)),
+      );
+      this.child.send({
+        concurrency: cfg.concurrency,
+        ...request,
+        agents: cfg.agents,
+        tag: `p${process.pid}-${Date.now()}-${this.runs++}`,
+      } satisfies ProduceRequest);
+    });
+  }
+
+  stop(): void {
+    this.child.kill();
+  }
+}
+
+/**
+ * The server as `taskstream serve` runs it. Leases and timeouts up to a day
+ * are allowed, so that the sweeper never ends a bench task mid-run (which
+ * would write events the producer did not ask for).
+ */
+function startTaskstream(database: string, nodeFlags: string[] = []): Promise<Spawned> {
+  const args = [...nodeFlags, join(root, "bin", "taskstream.js"), "serve", "--port", "0", "--database", database, "--log-level", "info"];
+  args.push("--max-lease-ms", String(DAY_MS), "--max-task-timeout-ms", String(DAY_MS));
+  return spawnServer(process.execPath, args, "taskstream listening", "taskstream");
+}
+
+function startRaw(mode: "h2" | "connect"): Promise<Spawned> {
+  return spawnServer(process.execPath, ["--import", "tsx", join(here, "raw-server.ts"), "--mode", mode, "--agents", String(cfg.agents)], "raw listening", `raw-${mode}`);
+}
+
+/** The fan-out streams: `unfiltered` with no filter, one per agent filtered to it; all live only. */
+async function openFanout(url: string): Promise<StreamGroup> {
+  const group = new StreamGroup(grpcTransports(url, cfg.connections));
+  const heartbeatInterval = { seconds: 60n };
+  // Unfiltered streams first, so that round-robin spreads them over the connections.
+  for (let i = 0; i < cfg.unfiltered; i++) group.open({ skipSnapshot: true, heartbeatInterval });
+  for (let a = 0; a < cfg.agents; a++) group.open({ filter: { agentId: `agent-${a}` }, skipSnapshot: true, heartbeatInterval });
+  const total = cfg.unfiltered + cfg.agents;
+  if (!(await waitFor(() => group.receipts.live === total || group.receipts.errors.length > 0, 60_000))) {
+    throw new Error(`only ${group.receipts.live} of ${total} streams went live`);
+  }
+  if (group.receipts.errors.length > 0) throw new Error(`stream errors: ${group.receipts.errors.slice(0, 3).join("; ")}`);
+  return group;
+}
+
+/** Deliveries per second over a window, and the latency of what arrived from its start until the streams drained. */
+async function measureWindow(
+  group: StreamGroup,
+  pid: number,
+  seconds: number,
+  drive: () => Promise<ProduceResult | undefined>,
+  caughtUp: (produced?: ProduceResult) => boolean,
+): Promise<{ deliveriesPerSec: number; p50: number; p99: number; max: number; usage: PhaseUsage; produced?: ProduceResult; drainMs: number }> {
+  const r = group.receipts;
+  const warm = Math.min(1, seconds / 4);
+  const sampler = new PhaseSampler(pid).start();
+  const driving = drive();
+  await sleep(warm * 1000);
+  r.latency.reset();
+  const d0 = r.deliveries;
+  const t0 = performance.now();
+  await sleep((seconds - warm) * 1000);
+  const produced = await driving;
+  const d1 = r.deliveries;
+  const t1 = performance.now();
+  const usage = sampler.stop();
+  const drainStart = performance.now();
+  await waitFor(() => caughtUp(produced), 30_000, 10);
+  const drainMs = performance.now() - drainStart;
+  return {
+    deliveriesPerSec: (d1 - d0) / ((t1 - t0) / 1000),
+    p50: r.latency.quantile(0.5),
+    p99: r.latency.quantile(0.99),
+    max: r.latency.max,
+    usage,
+    produced,
+    drainMs,
+  };
+}
+
+/** Waits for the machine to be idle before a measurement, and keeps account of the waits. */
+const quietness = { waits: 0, waitedMs: 0, notQuiet: [] as string[] };
+async function quiet(what: string): Promise<void> {
+  if (cfg.quietWaitSeconds === 0) return;
+  const left = cfg.quietBudgetSeconds * 1000 - quietness.waitedMs;
+  const q = await waitForQuiet(Math.max(0, Math.min(cfg.quietWaitSeconds * 1000, left)));
+  quietness.waits++;
+  quietness.waitedMs += q.waitedMs;
+  if (q.waitedMs > 1500) log(`  (waited ${(q.waitedMs / 1000).toFixed(0)} s for the machine to be idle before: ${what})`);
+  if (!q.quiet) {
+    quietness.notQuiet.push(`${what} (${q.busyCores.toFixed(2)} cores busy)`);
+    log(`  (the machine was still busy before ${what}: ${q.busyCores.toFixed(2)} cores; measuring anyway)`);
+  }
+}
+
+/** Things to stop if a phase fails midway, latest first. */
+const cleanups: (() => Promise<void> | void)[] = [];
+
+async function withCleanup<T extends { stop(): unknown }>(thing: T, work: (thing: T) => Promise<void>): Promise<void> {
+  const cleanup = () => void thing.stop();
+  cleanups.push(cleanup);
+  try {
+    await work(thing);
+  } finally {
+    cleanups.splice(cleanups.indexOf(cleanup), 1);
+    await thing.stop();
+  }
+}
+
+/** Seeds the running tasks, then times the snapshot and the resume replay on a fresh server. */
+async function snapshotPhase(database: string, report: Report): Promise<void> {
+  log(`\n== seed: ${fmt(cfg.snapshotTasks)} running tasks (${fmt(2 * cfg.snapshotTasks)} events) through the storage layer`);
+  let templateTaskId = "";
+  // The server migrates the fresh database; one DispatchTask with claim makes the task the seed clones.
+  await withCleanup(await startTaskstream(database), async (server) => {
+    const tasks = createClient(TaskService, createGrpcTransport({ baseUrl: server.url }));
+    const { task } = await tasks.dispatchTask({
+      ...dispatchShape,
+      toolName: "seed-tool",
+      toolCallId: "seed-template",
+      agentId: "seed-template",
+      args: { query: "seeded task", n: -1 },
+    });
+    templateTaskId = task!.taskId;
+  });
+  const seeded = await inChild<SeedResult>("seed.ts", {
+    location: database,
+    templateTaskId,
+    tasks: cfg.snapshotTasks,
+    agents: 1000,
+  } satisfies SeedRequest);
+  log(`  ${(seeded.seedMs / 1000).toFixed(1)} s, log at sequence ${fmt(seeded.lastSequence)}`);
+  report.seedSeconds = seeded.seedMs / 1000;
+
+  await withCleanup(await startTaskstream(database), async (server) => {
+    await sleep(500);
+    report.rss.push({ phase: "server started on the seeded database", bytes: rssBytes(server.pid) });
+    await quiet("the snapshot");
+    const sampler = new PhaseSampler(server.pid).start();
+    log(`\n== snapshot: one unfiltered StreamTasks, from the call to snapshot_complete`);
+    report.snapshot = [];
+    for (let i = 0; i < cfg.repeats; i++) {
+      const group = new StreamGroup(grpcTransports(server.url, 1));
+      group.receipts.measuring = false;
+      const run = new PhaseSampler(server.pid).start();
+      const t0 = performance.now();
+      const s = group.open({});
+      await waitFor(() => group.receipts.live === 1 || group.receipts.errors.length > 0, 120_000, 1);
+      const ms = performance.now() - t0;
+      const usage = run.stop();
+      await group.close();
+      if (group.receipts.errors.length) throw new Error(`snapshot: ${group.receipts.errors[0]}`);
+      report.snapshot.push({ ms, events: s.received, serverCores: usage.serverCores, clientCores: usage.clientCores });
+      log(`  ${fmt(s.received)} tasks in ${ms.toFixed(0)} ms; server ${usage.serverCores.toFixed(2)} cores, client ${usage.clientCores.toFixed(2)} cores`);
+    }
+    log(`\n== resume replay: after_sequence = last - ${fmt(cfg.replayEvents)}, until that many events arrived`);
+    report.replay = [];
+    for (let i = 0; i < cfg.repeats; i++) {
+      const group = new StreamGroup(grpcTransports(server.url, 1));
+      group.receipts.measuring = false;
+      const run = new PhaseSampler(server.pid).start();
+      const t0 = performance.now();
+      const s = group.open({ afterSequence: BigInt(seeded.lastSequence - cfg.replayEvents) });
+      await waitFor(() => s.received >= cfg.replayEvents || group.receipts.errors.length > 0, 120_000, 1);
+      const ms = performance.now() - t0;
+      const usage = run.stop();
+      await group.close();
+      if (group.receipts.errors.length) throw new Error(`replay: ${group.receipts.errors[0]}`);
+      report.replay.push({ ms, events: s.received, serverCores: usage.serverCores, clientCores: usage.clientCores });
+      log(`  ${fmt(s.received)} events in ${ms.toFixed(0)} ms; server ${usage.serverCores.toFixed(2)} cores, client ${usage.clientCores.toFixed(2)} cores`);
+    }
+    report.rss.push({ phase: "snapshot and replay (max)", bytes: sampler.stop().rssMaxBytes });
+  });
+
+  if (values.profile) {
+    const what = "one snapshot, then one resume replay";
+    log(`\n== profile: ${what}`);
+    await profiled(database, what, report, async (server) => {
+      for (const request of [{}, { afterSequence: BigInt(seeded.lastSequence - cfg.replayEvents) }]) {
+        const group = new StreamGroup(grpcTransports(server.url, 1));
+        group.receipts.measuring = false;
+        const s = group.open(request);
+        const want = request.afterSequence === undefined ? () => group.receipts.live === 1 : () => s.received >= cfg.replayEvents;
+        await waitFor(() => want() || group.receipts.errors.length > 0, 120_000, 1);
+        await group.close();
+      }
+    });
+  }
+}
+
+/** The raw transport's ceiling, both ways, with the fan-out streams. */
+async function rawPhase(report: Report): Promise<void> {
+  for (const mode of ["h2", "connect"] as const) {
+    log(`\n== raw ceiling (${mode}): ${fmt(cfg.unfiltered + cfg.agents)} streams over ${cfg.connections} connections, ${cfg.rawSeconds} s`);
+    // The raw server streams as soon as a stream opens: wait for quiet before.
+    await quiet(`raw ${mode}`);
+    await withCleanup(await startRaw(mode), async (raw) => {
+      const group = await openFanout(raw.url);
+      const m = await measureWindow(group, raw.pid, cfg.rawSeconds, async () => undefined, () => true);
+      await group.close();
+      report.raw.push({ mode, deliveriesPerSec: m.deliveriesPerSec, p50: m.p50, p99: m.p99, usage: m.usage });
+      log(
+        `  ${fmt(m.deliveriesPerSec)} deliveries/s; p50 ${m.p50} ms, p99 ${m.p99} ms; server ${m.usage.serverCores.toFixed(2)} cores, ` +
+          `clients ${m.usage.clientCores.toFixed(2)} cores, machine ${m.usage.machineCores.toFixed(2)} cores; RSS ${mib(m.usage.rssMaxBytes)}`,
+      );
+    });
+  }
+}
+
+/** Writes alone, then the rate ladder with the fan-out streams open, flat out, and half the best rate; then the profile. */
+async function fanoutPhase(database: string, report: Report, producer: Producer): Promise<void> {
+  await withCleanup(await startTaskstream(database), async (server) => {
+    await sleep(500);
+    report.rss.push({ phase: "fan-out server started", bytes: rssBytes(server.pid) });
+
+    log(`\n== writes alone: producer flat out (${cfg.concurrency} DispatchTask calls in flight), no streams open, ${cfg.stepSeconds} s`);
+    {
+      await quiet("writes alone");
+      const sampler = new PhaseSampler(server.pid).start();
+      const p = await producer.run({ url: server.url, rate: 0, seconds: cfg.stepSeconds });
+      const usage = sampler.stop();
+      report.writesAlone = { dispatchPerSec: p.dispatched / p.seconds, rpcP50: p.rpcP50Ms, rpcP99: p.rpcP99Ms, usage, producerCores: p.cpuCores };
+      log(
+        `  ${fmt(p.dispatched / p.seconds)} dispatches/s = ${fmt((2 * p.dispatched) / p.seconds)} events/s; ` +
+          `DispatchTask p50 ${p.rpcP50Ms.toFixed(1)} ms, p99 ${p.rpcP99Ms.toFixed(1)} ms; server ${usage.serverCores.toFixed(2)} cores`,
+      );
+      if (p.errors) log(`  ${p.errors} errors, first: ${p.firstError}`);
+    }
+
+    log(`\n== fan-out: ${cfg.unfiltered} unfiltered + ${cfg.agents} agent-filtered streams over ${cfg.connections} connections`);
+    const group = await openFanout(server.url);
+    await withCleanup({ stop: () => group.close() }, async () => {
+      await sleep(1000);
+      report.rss.push({ phase: `${fmt(cfg.unfiltered + cfg.agents)} fan-out streams open, no writes`, bytes: rssBytes(server.pid) });
+      const unfilteredStreams = group.streams.slice(0, cfg.unfiltered);
+      const caughtUp = (p?: ProduceResult) => !p || unfilteredStreams.every((s) => s.lastSequence >= p.lastSequence);
+      const perEvent = cfg.unfiltered + 1;
+
+      const step = async (rate: number, seconds: number, label?: string): Promise<StepResult> => {
+        await quiet(`the step ${label ?? `${fmt(rate)}/s`}`);
+        const m = await measureWindow(group, server.pid, seconds, () => producer.run({ url: server.url, rate, seconds }), caughtUp);
+        const p = m.produced!;
+        const dispatchPerSec = p.dispatched / p.seconds;
+        const expected = 2 * dispatchPerSec * perEvent;
+        const result: StepResult = {
+          label: label ?? `${fmt(rate)}/s`,
+          targetDispatchPerSec: rate,
+          dispatchPerSec,
+          eventsPerSec: 2 * dispatchPerSec,
+          deliveriesPerSec: m.deliveriesPerSec,
+          expectedDeliveriesPerSec: expected,
+          p50: m.p50,
+          p99: m.p99,
+          max: m.max,
+          drainMs: m.drainMs,
+          rpcP99: p.rpcP99Ms,
+          usage: m.usage,
+          producerCores: p.cpuCores,
+          errors: p.errors,
+          sustained:
+            (rate === 0 || dispatchPerSec >= 0.9 * rate) && m.deliveriesPerSec >= 0.9 * expected && m.p99 < 1000 && p.errors === 0,
+        };
+        log(
+          `  ${result.label.padEnd(9)} ${fmt(result.eventsPerSec).padStart(6)} events/s -> ${fmt(m.deliveriesPerSec).padStart(8)} deliveries/s ` +
+            `(expected ${fmt(expected)}); p50 ${m.p50} ms, p99 ${m.p99} ms, max ${m.max} ms; drain ${m.drainMs.toFixed(0)} ms; ` +
+            `server ${m.usage.serverCores.toFixed(2)}, clients ${m.usage.clientCores.toFixed(2)}, producer ${p.cpuCores.toFixed(2)}, ` +
+            `machine ${m.usage.machineCores.toFixed(2)} cores; RSS ${mib(m.usage.rssMaxBytes)}${result.sustained ? "" : "  (not sustained)"}`,
+        );
+        if (p.errors) log(`  ${p.errors} producer errors, first: ${p.firstError}`);
+        return result;
+      };
+
+      // Up by rateFactor while sustained; if the first step is not, down (at most 3 times) until one is.
+      let rate = cfg.startRate;
+      for (let i = 0, down = 0; i < cfg.maxSteps; i++) {
+        const result = await step(Math.round(rate), cfg.stepSeconds);
+        report.steps.push(result);
+        const anySustained = report.steps.some((s) => s.sustained);
+        if (result.sustained) rate *= cfg.rateFactor;
+        else if (!anySustained && down++ < 3 && rate / cfg.rateFactor >= 5) rate /= cfg.rateFactor;
+        else break;
+        if (result.sustained && down > 0) break;
+      }
+      report.steps.push(await step(0, cfg.stepSeconds, "flat out"));
+      // The best sustained step; flat out counts too (at the rate it reached) when the streams kept up with it.
+      report.max = report.steps.filter((s) => s.sustained).sort((a, b) => b.deliveriesPerSec - a.deliveriesPerSec)[0];
+      if (report.max) {
+        const halfRate = Math.max(1, Math.round((report.max.targetDispatchPerSec || report.max.dispatchPerSec) / 2));
+        log(`\n== half the maximum rate: ${fmt(halfRate)} dispatches/s for ${cfg.halfSeconds} s`);
+        report.half = await step(halfRate, cfg.halfSeconds, `half: ${fmt(halfRate)}/s`);
+      }
+      report.rss.push({ phase: "fan-out (max over all steps)", bytes: Math.max(...report.steps.map((s) => s.usage.rssMaxBytes)) });
+    });
+  });
+
+  // The profiler slows the server, so it gets a run of its own at the best sustained rate.
+  if (values.profile) {
+    const rate = Math.round(report.max ? report.max.targetDispatchPerSec || report.max.dispatchPerSec : cfg.startRate);
+    const what = `fan-out at ${fmt(rate)} dispatches/s for ${cfg.stepSeconds * 2} s`;
+    log(`\n== profile: ${what}`);
+    await profiled(database, what, report, async (server) => {
+      const group = await openFanout(server.url);
+      const p = await producer.run({ url: server.url, rate, seconds: cfg.stepSeconds * 2 });
+      await sleep(500);
+      log(`  ${fmt((2 * p.dispatched) / p.seconds)} events/s, ${fmt(group.receipts.deliveries)} deliveries`);
+      await group.close();
+    });
+  }
+}
+
+/** Runs `work` against a server under `node --cpu-prof`, and adds the profile's summary to the report. */
+async function profiled(database: string, what: string, report: Report, work: (server: Spawned) => Promise<void>): Promise<void> {
+  const profileDir = join(workDir, `profile-${report.profiles.length}`);
+  await withCleanup(await startTaskstream(database, ["--cpu-prof", "--cpu-prof-dir", profileDir]), work);
+  // The main thread's profile is the big one; tsx's loader thread writes a small one too.
+  const file = readdirSync(profileDir)
+    .filter((f) => f.endsWith(".cpuprofile"))
+    .sort((a, b) => statSync(join(profileDir, b)).size - statSync(join(profileDir, a)).size)[0];
+  if (!file) {
+    log("  no .cpuprofile was written");
+    return;
+  }
+  // Kept outside the work directory, which is removed at the end.
+  const kept = join(tmpdir(), `taskstream-fanout-server-${Date.now()}.cpuprofile`);
+  copyFileSync(join(profileDir, file), kept);
+  log(`  profile kept at ${kept}`);
+  report.profiles.push({ what, summary: summarizeProfile(kept, 30) });
+}
+
+/** Idle streams on a fresh server: its RSS before and with them open. */
+async function idlePhase(database: string, report: Report): Promise<void> {
+  const connections = Math.ceil(cfg.idleStreams / cfg.streamsPerConnection);
+  log(`\n== idle: ${fmt(cfg.idleStreams)} streams (skip_snapshot, 300 s heartbeat) over ${connections} connections`);
+  await withCleanup(await startTaskstream(database), async (server) => {
+    await sleep(1000);
+    await quiet("idle streams");
+    const before = rssBytes(server.pid);
+    const sampler = new PhaseSampler(server.pid).start();
+    const group = new StreamGroup(grpcTransports(server.url, connections));
+    await withCleanup({ stop: () => group.close() }, async () => {
+      const t0 = performance.now();
+      for (let i = 0; i < cfg.idleStreams; i++) {
+        group.open({ filter: { agentId: `idle-${i}` }, skipSnapshot: true, heartbeatInterval: { seconds: 300n } });
+      }
+      const ok = await waitFor(() => group.receipts.live === cfg.idleStreams || group.receipts.errors.length > 0, 180_000);
+      const openMs = performance.now() - t0;
+      if (!ok || group.receipts.errors.length) {
+        throw new Error(`idle: ${group.receipts.live} of ${cfg.idleStreams} live; ${group.receipts.errors.slice(0, 3).join("; ")}`);
+      }
+      await sleep(3000);
+      const usage = sampler.stop();
+      const metrics = await fetch(`${server.url}/metrics`).then((r) => r.text(), () => "");
+      const active = Number(metrics.match(/^taskstream_streams_active (\d+)/m)?.[1] ?? NaN);
+      report.idle = {
+        streams: cfg.idleStreams,
+        connections,
+        openMs,
+        rssBefore: before,
+        rssAfter: usage.rssEndBytes,
+        rssMax: usage.rssMaxBytes,
+        activeGauge: active,
+      };
+      log(`  all live in ${openMs.toFixed(0)} ms; server RSS ${mib(before)} -> ${mib(usage.rssEndBytes)} (max ${mib(usage.rssMaxBytes)}); gauge ${active}`);
+      report.rss.push({ phase: "idle server started", bytes: before }, { phase: `${fmt(cfg.idleStreams)} idle streams`, bytes: usage.rssMaxBytes });
+    });
+  });
+}
+
+/** The commit measured, and whether the working tree differed from it. */
+function gitRevision(): string {
+  try {
+    const head = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: root, encoding: "utf8" }).trim();
+    const dirty = execFileSync("git", ["status", "--porcelain", "--", "src", "gen", "proto"], { cwd: root, encoding: "utf8" }).trim() !== "";
+    return dirty ? `${head} with uncommitted changes in src/gen/proto` : head;
+  } catch {
+    return "unknown revision";
+  }
+}
+
+const workDir = mkdtempSync(join(tmpdir(), "taskstream-fanout-"));
+
+async function main(): Promise<void> {
+  const runStarted = performance.now();
+  const report: Report = {
+    command,
+    date: new Date().toISOString().slice(0, 10),
+    revision: gitRevision(),
+    machine: `${cpus().length} cores (${cpus()[0]?.model.trim() ?? "unknown CPU"}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.versions.node}`,
+    loadBefore: loadavg()[0],
+    loadAfter: 0,
+    dialect,
+    cfg,
+    steps: [],
+    raw: [],
+    rss: [],
+    profiles: [],
+    runtimeSeconds: 0,
+  };
+  log(`stream-fanout: ${dialect}, ${quick ? "quick" : "full"} sizes; load average before: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  let database = join(workDir, "bench.db");
+  let stopPostgres: (() => Promise<void>) | undefined;
+  try {
+    if (dialect === "postgres") {
+      const pg = await startBenchPostgres("taskstream_fanout");
+      database = pg.url;
+      stopPostgres = pg.stop;
+    }
+    if (phases.has("snapshot")) await snapshotPhase(database, report);
+    if (phases.has("raw")) await rawPhase(report);
+    if (phases.has("fanout")) await withCleanup(new Producer(), (producer) => fanoutPhase(database, report, producer));
+    if (phases.has("idle")) await idlePhase(database, report);
+    report.loadAfter = loadavg()[0];
+    report.quietness = quietness;
+    report.runtimeSeconds = (performance.now() - runStarted) / 1000;
+    printAndWrite(report, values["no-readme"] ? undefined : join(root, "bench", "README.md"));
+  } finally {
+    for (const cleanup of cleanups.reverse()) await Promise.resolve(cleanup()).catch(() => {});
+    await stopPostgres?.();
+    rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,127 @@
+/**
+ * The producer, a process of its own (forked by main.ts): DispatchTask with
+ * claim, so every dispatch writes two events (queued, running) in one
+ * transaction, to a random agent among `agents`, at a steady target rate.
+ */
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
+
+export interface ProduceRequest {
+  url: string;
+  /** Dispatches per second; 0 means as fast as `concurrency` calls in flight allow. */
+  rate: number;
+  seconds: number;
+  concurrency: number;
+  agents: number;
+  /** Makes tool_call_ids unique across runs on one database. */
+  tag: string;
+}
+
+export interface ProduceResult {
+  dispatched: number;
+  errors: number;
+  firstError?: string;
+  seconds: number;
+  /** The newest event sequence a dispatch returned (its running event). */
+  lastSequence: number;
+  rpcP50Ms: number;
+  rpcP99Ms: number;
+  cpuCores: number;
+}
+
+/** What every bench dispatch asks: a claim, and a lease and timeout that outlast the run. */
+export const dispatchShape = {
+  toolName: "bench-tool",
+  claim: { workerId: "bench-producer", leaseDuration: { seconds: 86_400n } },
+  timeout: { seconds: 86_400n },
+};
+
+const transports = new Map<string, ReturnType<typeof createGrpcTransport>>();
+
+export async function produce(request: ProduceRequest): Promise<ProduceResult> {
+  let transport = transports.get(request.url);
+  if (!transport) transports.set(request.url, (transport = createGrpcTransport({ baseUrl: request.url })));
+  const tasks = createClient(TaskService, transport);
+  const cpu0 = process.cpuUsage();
+  const started = performance.now();
+  const endAt = started + request.seconds * 1000;
+  const rpcMs: number[] = [];
+  let issued = 0;
+  let dispatched = 0;
+  let errors = 0;
+  let firstError: string | undefined;
+  let lastSequence = 0;
+  let inFlight = 0;
+  await new Promise<void>((resolve) => {
+    const pump = () => {
+      const now = performance.now();
+      if (now >= endAt) {
+        if (inFlight === 0) resolve();
+        return;
+      }
+      const allowed = request.rate > 0 ? Math.floor(((now - started) / 1000) * request.rate) + 1 : Infinity;
+      while (inFlight < request.concurrency && issued < allowed) {
+        const n = issued++;
+        inFlight++;
+        const t0 = performance.now();
+        tasks
+          .dispatchTask({
+            ...dispatchShape,
+            toolCallId: `${request.tag}-${n}`,
+            agentId: `agent-${Math.floor(Math.random() * request.agents)}`,
+            runId: `run-${n % 97}`,
+            args: { query: `bench task ${n}`, n },
+          })
+          .then(
+            (res) => {
+              dispatched++;
+              rpcMs.push(performance.now() - t0);
+              const seq = Number(res.task?.sequence ?? 0);
+              if (seq > lastSequence) lastSequence = seq;
+            },
+            (err: unknown) => {
+              errors++;
+              firstError ??= String((err as Error)?.message ?? err);
+            },
+          )
+          .finally(() => {
+            inFlight--;
+            pump();
+          });
+      }
+    };
+    const ticker = setInterval(pump, 2);
+    const finish = setTimeout(function check() {
+      if (performance.now() >= endAt && inFlight === 0) {
+        clearInterval(ticker);
+        resolve();
+      } else setTimeout(check, 5);
+    }, request.seconds * 1000);
+    void finish;
+    pump();
+  });
+  const seconds = (performance.now() - started) / 1000;
+  rpcMs.sort((a, b) => a - b);
+  const q = (p: number) => (rpcMs.length ? rpcMs[Math.min(rpcMs.length - 1, Math.ceil(p * rpcMs.length) - 1)] : NaN);
+  const cpu = process.cpuUsage(cpu0);
+  return {
+    dispatched,
+    errors,
+    firstError,
+    seconds,
+    lastSequence,
+    rpcP50Ms: q(0.5),
+    rpcP99Ms: q(0.99),
+    cpuCores: (cpu.user + cpu.system) / 1e6 / seconds,
+  };
+}
+
+if (process.send) {
+  process.on("message", (request: ProduceRequest) => {
+    produce(request).then(
+      (result) => process.send!({ ok: true, result }),
+      (err: unknown) => process.send!({ ok: false, error: String((err as Error)?.stack ?? err) }),
+    );
+  });
+}
