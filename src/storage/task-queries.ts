@@ -1,5 +1,5 @@
 import { fromBinary } from "@bufbuild/protobuf";
-import type { ExpressionBuilder, Kysely, SelectQueryBuilder } from "kysely";
+import { expressionBuilder, type ExpressionBuilder, type Kysely, type SelectQueryBuilder } from "kysely";
 import { TaskEventSchema, TaskStatus, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
 import type { Db } from "./connect.js";
 import { filterColumns, logBounds, logEntry, type EventFilter, type LogEntry } from "./event-log.js";
@@ -40,7 +40,11 @@ export function getTask(db: Kysely<Database>, taskId: string): Promise<TaskRow |
 
 /** One page of tasks in (order column, task_id) order, found by keyset, never OFFSET. */
 export async function listTasks(db: Kysely<Database>, query: TaskQuery): Promise<Page<TaskRow>> {
-  const matching = db.selectFrom("tasks").where((eb) => eb.and(taskConditions(eb, query)));
+  // No filter must mean no WHERE at all: SQLite counts a whole table from its
+  // smallest index at once, but not under `where 1 = 1` (0.2 ms against 20 ms
+  // on a million tasks).
+  const hasConditions = taskConditions(expressionBuilder<Database, "tasks">(), query).length > 0;
+  const matching = hasConditions ? db.selectFrom("tasks").where((eb) => eb.and(taskConditions(eb, query))) : db.selectFrom("tasks");
   const direction = query.descending ? "desc" : "asc";
   let page = matching.selectAll().orderBy(query.orderBy, direction).orderBy("task_id", direction).limit(query.limit + 1);
   if (query.after) {
