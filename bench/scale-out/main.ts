@@ -209,14 +209,40 @@ async function runConfig(adminUrl: string, postmaster: number | undefined, repli
 function note(results: ConfigResult[]): string {
   const one = results.find((r) => r.replicas === 1);
   const txPerTask = 2 + 1 / settings.batch;
-  const lockLine = one
-    ? `At ${Math.round(one.lifecycle.tasksPerSecond)} tasks/s on one replica that is about ${Math.round(one.lifecycle.tasksPerSecond * txPerTask)} event-appending transactions a second (a dispatch and a completion per task, a claim per batch), every one of them passing through that lock.`
-    : "";
-  return `**What two cores can and cannot show.** PostgreSQL, every replica and the bench's clients share the same two cores, so adding a replica adds no CPU: it adds a process that competes for the same cores, plus its own tail reading every event from the database, its own sweeper and its own LISTEN connection. These figures therefore show that the cross-replica path is correct (no event lost, repeated or reordered on any replica; leases granted on one replica and used on another) and what it costs, not how the service scales. The "other processes" column is CPU used by whatever else ran on the machine meanwhile; where it is not near zero, the figures are lower than the machine alone would give.
+  const range = (xs: number[], digits = 1) => {
+    const lo = Math.min(...xs);
+    const hi = Math.max(...xs);
+    return lo.toFixed(digits) === hi.toFixed(digits) ? lo.toFixed(digits) : `${lo.toFixed(digits)}–${hi.toFixed(digits)}`;
+  };
+  const others = results.flatMap((r) => [r.lifecycleCpu.other / r.lifecycleCpu.seconds, r.fanoutCpu.other / r.fanoutCpu.seconds]);
+  const busy = results.some((r) => !r.quiet.quiet) || Math.max(...others) > 0.25;
+  const paragraphs: string[] = [];
 
-**Fan-out across replicas.** A subscriber on the writing replica is woken in process when the commit returns; one on another replica learns of it from the NOTIFY the commit sent (its payload is only the newest sequence) and then reads the events from the log, one query per wake-up however many streams it serves, with the ${"`--log-poll-ms`"} poll (200 ms) as the fallback. The difference between the two latency columns is that path: a NOTIFY round trip and one log read. The latency is measured from event_time, which is taken when the writing transaction begins, so it includes the transaction itself.
+  paragraphs.push(
+    `**What two cores can and cannot show.** PostgreSQL, every replica and the bench's clients share the same two cores, so adding a replica adds no CPU: it adds a process competing for the same cores, with its own tail reading every event from the database, its own sweeper and its own LISTEN connection. These figures show that the cross-replica path is correct (no event lost, repeated or reordered on any of the ${results[0]?.fanout.streams ?? 0} streams on any replica; every lease granted on one replica and used on another) and what it costs; they do not show scaling, and a higher or lower figure for more replicas says nothing about a machine where each replica has its own cores.` +
+      (busy
+        ? ` **This run did not have the machine to itself**: other processes (other benchmarks and tests) used ${range(others, 2)} of the 2 cores during the measurements (the *other processes* column), so every absolute figure here is far below what these processes do alone, and the differences between configurations are mostly that noise. Re-run on an idle machine before comparing them.`
+        : ""),
+  );
 
-**Where writes serialize.** Every transaction that appends events (dispatch, claim, output, complete, fail, suspend, resume, cancel, the sweeper's expiries) increments the single ${"`log_head`"} row and holds its row lock until it commits, so that sequences are handed out in commit order (DESIGN guarantee 2). The lock is held from the ${"`UPDATE log_head`"} through the task row update, the ${"`pg_notify`"} and the commit, so across all replicas only one event-appending transaction is ever in that stretch. ${lockLine} The "sessions waiting on a lock" note counts the writers queued behind it. This bench's PostgreSQL runs with ${"`fsync=off`"} and ${"`synchronous_commit=off`"} (as the tests set it up), so each hold is a few local round trips; with durable commits the hold includes the WAL flush, so the ceiling becomes roughly one writing transaction per (flush latency + a few round trips), e.g. under ~1,000 a second for a 1 ms flush, however many replicas or cores. On a bigger machine, more replicas do add capacity for what does not take the lock (stream fan-out from each replica's in-memory window, reads, TLS and protocol work, idle long-polls), but write throughput stays capped by that one row; claim batches (up to 100 tasks in one transaction) are the main lever. With concurrency limits set, dispatches and claims also take the same lock at their start (${"`SELECT … FOR UPDATE`"} on ${"`log_head`"}) and hold it through their slot count.`;
+  const lockWaiters = results.map((r) => `${r.lifecycleLockWaiters.toFixed(1)} of ${10 * r.replicas} with ${r.replicas}`).join(", ");
+  paragraphs.push(
+    `**Where writes serialize.** Every transaction that appends events (dispatch, claim, output, complete, fail, suspend, resume, cancel, the sweeper's expiries) increments the single \`log_head\` row and holds its row lock until it commits, so that sequences are handed out in commit order (DESIGN guarantee 2). The lock is held from the \`UPDATE log_head\` through the event insert, the task row update, the \`pg_notify\` and the commit: at least four round trips between a replica's event loop and PostgreSQL, during which no other event-appending transaction on any replica can proceed. ` +
+      (one
+        ? `On one replica, ${Math.round(one.lifecycle.tasksPerSecond)} tasks/s is about ${Math.round(one.lifecycle.tasksPerSecond * txPerTask)} such transactions a second (a dispatch and a completion per task, a claim per batch), about ${(1000 / (one.lifecycle.tasksPerSecond * txPerTask)).toFixed(1)} ms of lock per transaction. `
+        : "") +
+      `During the lifecycle phase the replicas' pool connections waiting on a lock averaged ${lockWaiters} replicas: nearly every writer queued behind that one row, so more replicas only lengthen the queue. On a busy machine each hold stretches by every moment the holder's event loop or backend waits for a CPU, which is why these figures are so low. This bench's PostgreSQL runs with \`fsync=off\` and \`synchronous_commit=off\` (as the tests set it up); with durable commits each hold also includes the WAL flush, so on any machine the ceiling is roughly one writing transaction per (flush latency + four round trips), e.g. well under 1,000 a second with a 1 ms flush, whatever the number of replicas or cores. Bigger machines and more replicas add capacity for what does not take the lock (streams served from each replica's in-memory window, reads, protocol and TLS work, idle long-polls), not for writes; claim batches (up to 100 tasks in one transaction) are the main lever. With concurrency limits set, dispatches and claims also take the same lock at their start (\`SELECT … FOR UPDATE\` on \`log_head\`) and hold it through their slot count.`,
+  );
+
+  const cross = results.filter((r) => r.fanout.remote);
+  const slowerWriter = cross.filter((r) => r.fanout.local.p50 > r.fanout.remote!.p50);
+  paragraphs.push(
+    `**Fan-out across replicas.** A subscriber on the writing replica is woken in process when the commit returns; one on another replica is woken by the NOTIFY the commit sent (its payload is only the newest sequence), and that replica's tail then reads the new events from the log, one query per wake-up however many streams it serves, with the \`--log-poll-ms\` poll (200 ms) as the fallback. Latency is measured from event_time, which the writing replica takes when the transaction begins, so it includes the transaction, its wait for the \`log_head\` lock, and the wait for a pool connection.` +
+      (slowerWriter.length > 0
+        ? ` Here the writer's own subscribers were *slower* than the other replicas' (${slowerWriter.map((r) => `${r.replicas} replicas: p50 ${Math.round(r.fanout.local.p50)} vs ${Math.round(r.fanout.remote!.p50)} ms`).join("; ")}): a replica's tail reads the log through the same 10-connection pool as its calls, and on the writer that pool is queued with dispatches waiting for the lock, while the other replicas' pools are idle.${settings.inFlight > 4 ? ` In a trial with 4 dispatches in flight instead of ${settings.inFlight}, the two sides were equal.` : ""}`
+        : ""),
+  );
+  return paragraphs.join("\n\n");
 }
 
 async function main(): Promise<void> {
@@ -235,7 +261,7 @@ async function main(): Promise<void> {
   const elapsed = (Date.now() - started.getTime()) / 1000;
   const command = `npm run bench:scale-out${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`;
   const body = [
-    `Replicas as separate \`taskstream serve\` processes on one embedded PostgreSQL 17 (\`startEmbeddedPostgres\`, the tests' setup), a fresh database per configuration; all clients in the bench process (connect-node gRPC). Run ${started.toISOString().slice(0, 10)} on ${machineDescription()}; load average ${load.map((l) => l.toFixed(1)).join(", ")} before the run; ${Math.round(elapsed)} s in all.`,
+    `Replicas as separate \`taskstream serve\` processes on one embedded PostgreSQL ${version} (\`startEmbeddedPostgres\`, the tests' setup), a fresh database per configuration; all clients in the bench process (connect-node gRPC). Run ${started.toISOString().slice(0, 10)} on ${machineDescription()}; load average ${load.map((l) => l.toFixed(1)).join(", ")} before the run; ${Math.round(elapsed)} s in all.`,
     "",
     "```sh",
     command,

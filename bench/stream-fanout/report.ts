@@ -75,11 +75,20 @@ export function goalsTable(r: Report): string {
   const h2 = r.raw.find((x) => x.mode === "h2");
   const viaConnect = r.raw.find((x) => x.mode === "connect");
   const max = r.max;
-  const ratio = max && h2 ? max.deliveriesPerSec / h2.deliveriesPerSec : NaN;
-  const timed = (runs: { ms: number }[] | undefined, goalMs: number) => {
+  const peak = r.steps.length ? r.steps.reduce((a, b) => (b.deliveriesPerSec > a.deliveriesPerSec ? b : a)) : undefined;
+  // Without a sustained step, the comparison uses the best rate any step reached.
+  const best = max ?? peak;
+  const ratio = best && h2 ? best.deliveriesPerSec / h2.deliveriesPerSec : NaN;
+  type Run = { ms: number; serverCores: number; clientCores: number };
+  const timed = (runs: Run[] | undefined, goalMs: number) => {
     if (!runs?.length) return ["not run", ""];
     const ms = runs.map((x) => x.ms);
-    return [`**${(median(ms) / 1000).toFixed(2)} s** (${ms.map((x) => (x / 1000).toFixed(2)).join(", ")})`, mark(median(ms) < goalMs)];
+    const cpu = (pick: (x: Run) => number) => median(runs.map((x) => (pick(x) * x.ms) / 1000)).toFixed(2);
+    return [
+      `**${(median(ms) / 1000).toFixed(2)} s** (${ms.map((x) => (x / 1000).toFixed(2)).join(", ")}); ` +
+        `CPU per run: server ${cpu((x) => x.serverCores)} s, client ${cpu((x) => x.clientCores)} s`,
+      mark(median(ms) < goalMs),
+    ];
   };
   const fanoutRan = r.steps.length > 0;
   const idle = r.idle;
@@ -91,12 +100,15 @@ export function goalsTable(r: Report): string {
         ? "not run"
         : max
           ? `**${n(max.deliveriesPerSec)}** (${n(max.eventsPerSec)} events/s written; producer ${max.targetDispatchPerSec ? `at ${max.label}` : "flat out"})`
-          : "none sustained",
+          : `none sustained; best step reached ${n(peak!.deliveriesPerSec)} (${n(peak!.eventsPerSec)} events/s written, p99 ${peak!.p99} ms)`,
       fanoutRan ? mark(!!max && max.deliveriesPerSec >= 100_000) : "",
     ],
     ["raw transport ceiling, same clients (trivial node:http2 server)", "–", h2 ? n(h2.deliveriesPerSec) : "not run", ""],
     ["raw ceiling through connect-node's handler (event encoded once, as the server does)", "–", viaConnect ? n(viaConnect.deliveriesPerSec) : "not run", ""],
-    ["taskstream ÷ raw ceiling", "≥ 50%", Number.isFinite(ratio) ? `**${(ratio * 100).toFixed(0)}%**` : "–", Number.isFinite(ratio) ? mark(ratio >= 0.5) : ""],
+    [
+      `taskstream ÷ raw ceiling${max ? "" : " (best unsustained step)"}`,
+      "≥ 50%",
+      Number.isFinite(ratio) ? `**${(ratio * 100).toFixed(0)}%**` : "–", Number.isFinite(ratio) ? mark(ratio >= 0.5) : ""],
     [
       `commit-to-receipt latency at half the max rate${r.half ? ` (${n(r.half.eventsPerSec)} events/s, ${n(r.half.deliveriesPerSec)} deliveries/s)` : ""}, p50 / p99`,
       "p99 < 50 ms",
