@@ -3,6 +3,8 @@ import { fork, spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { createInterface } from "node:readline";
+import { cpuSeconds, rssBytes, sleep } from "../support/proc-stats.js";
+export { cpuSeconds, rssBytes, sleep };
 
 export interface ServerProcess {
   pid: number;
@@ -116,26 +118,7 @@ export class Child<Out extends { type: string }> {
   }
 }
 
-/** Resident memory of a process in bytes, from /proc/<pid>/status (VmRSS). */
-export function rssBytes(pid: number): number {
-  try {
-    const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+)\s+kB/m);
-    return m ? Number(m[1]) * 1024 : 0;
-  } catch {
-    return 0;
-  }
-}
 
-/** CPU seconds (user + system) a process used so far, from /proc/<pid>/stat. */
-export function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
 
 /** The postmaster of the PostgreSQL listening on this port, found by its command line. */
 export function findPostmaster(port: number): number | undefined {
@@ -204,4 +187,3 @@ export function machineDescription(): string {
   return `${cpu.length} cores (${cpu[0]?.model.trim() ?? "unknown CPU"}), ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Node ${process.version}, ${process.platform}`;
 }
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -3,6 +3,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { createInterface } from "node:readline";
+import { cpuSeconds, rssBytes, sleep } from "../support/proc-stats.js";
+export { cpuSeconds, rssBytes, sleep };
 
 /** One `taskstream serve` process. */
 export interface ReplicaProcess {
@@ -71,26 +73,7 @@ export function startReplicaProcess(name: string, database: string, flags: strin
   });
 }
 
-/** Resident memory of a process in bytes, from /proc/<pid>/status (VmRSS). */
-export function rssBytes(pid: number): number {
-  try {
-    const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+)\s+kB/m);
-    return m ? Number(m[1]) * 1024 : 0;
-  } catch {
-    return 0;
-  }
-}
 
-/** CPU seconds (user + system) a process used so far, from /proc/<pid>/stat. */
-export function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
 
 function parentOf(pid: string): number {
   try {
@@ -212,7 +195,6 @@ export interface CpuSplit {
   other: number;
 }
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /**
  * Waits up to maxSeconds for one second in which the whole machine uses less

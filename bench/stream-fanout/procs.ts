@@ -2,6 +2,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
+import { cpuSeconds, rssBytes, sleep } from "../support/proc-stats.js";
+export { cpuSeconds, rssBytes, sleep };
 
 export interface Spawned {
   child: ChildProcess;
@@ -64,27 +66,7 @@ export function spawnServer(command: string, args: string[], listenMsg: string, 
   });
 }
 
-/** Resident memory of a process in bytes, from /proc/<pid>/status (VmRSS). */
-export function rssBytes(pid: number): number {
-  try {
-    const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+)\s+kB/m);
-    return m ? Number(m[1]) * 1024 : 0;
-  } catch {
-    return 0;
-  }
-}
 
-/** CPU seconds (user + system) a process used so far, from /proc/<pid>/stat. */
-export function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // Fields 14 and 15 of stat (utime, stime), counted after the command name.
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
 
 /** Busy and total jiffies of the whole machine, from /proc/stat. */
 function machineTicks(): { busy: number; total: number } {
@@ -179,7 +161,6 @@ export class Histogram {
   }
 }
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Waits until `done()` or the timeout; returns whether it became true. */
 export async function waitFor(done: () => boolean, timeoutMs: number, stepMs = 50): Promise<boolean> {
