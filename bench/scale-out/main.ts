@@ -237,7 +237,7 @@ function note(results: ConfigResult[]): string {
   const cross = results.filter((r) => r.fanout.remote);
   const slowerWriter = cross.filter((r) => r.fanout.local.p50 > r.fanout.remote!.p50);
   paragraphs.push(
-    `**Fan-out across replicas.** A subscriber on the writing replica is woken in process when the commit returns; one on another replica is woken by the NOTIFY the commit sent (its payload is only the newest sequence), and that replica's tail then reads the new events from the log, one query per wake-up however many streams it serves, with the \`--log-poll-ms\` poll (200 ms) as the fallback. Latency is measured from event_time, which the writing replica takes when the transaction begins, so it includes the transaction, its wait for the \`log_head\` lock, and the wait for a pool connection.` +
+    `**Fan-out across replicas.** A subscriber on the writing replica is woken in process when the commit returns; one on another replica is woken by the NOTIFY the commit sent (its payload is only the newest sequence), and that replica's tail then reads the new events from the log, one query per wake-up however many streams it serves, with the \`--log-poll-ms\` poll (200 ms) as the fallback. Latency is measured from event_time, which the writing replica takes once its transaction has begun (after it got a pool connection), so it includes the transaction and its wait for the \`log_head\` lock, but not the dispatch's wait for a connection.` +
       (slowerWriter.length > 0
         ? ` Here the writer's own subscribers were *slower* than the other replicas' (${slowerWriter.map((r) => `${r.replicas} replicas: p50 ${Math.round(r.fanout.local.p50)} vs ${Math.round(r.fanout.remote!.p50)} ms`).join("; ")}): a replica's tail reads the log through the same 10-connection pool as its calls, and on the writer that pool is queued with dispatches waiting for the lock, while the other replicas' pools are idle.${settings.inFlight > 4 ? ` In a trial with 4 dispatches in flight instead of ${settings.inFlight}, the two sides were equal.` : ""}`
         : ""),
@@ -267,7 +267,7 @@ async function main(): Promise<void> {
     command,
     "```",
     "",
-    `${settingsLine(settings)}. Replicas run with default settings (pool of 10 connections, \`--log-poll-ms 200\`).`,
+    `${settingsLine(settings)}. Replicas run with default settings (pool of 10 connections, \`--log-poll-ms 200\`). \`-- --quick\` runs a short version; the options are listed at the top of \`bench/scale-out/main.ts\`.`,
     "",
     quietLine(results),
     "",
