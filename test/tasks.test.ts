@@ -242,6 +242,32 @@ for (const dialect of DIALECTS) {
         expect((await t.tasks().listTaskEvents({ taskId })).events).toHaveLength(2);
       });
 
+      it("keeps concurrent changes apart: refused calls change nothing while the others commit", async () => {
+        // On SQLite concurrent calls share one transaction (group commit);
+        // each refused one must roll back alone.
+        const toolName = tool();
+        const count = 40;
+        await Promise.all(Array.from({ length: count }, (_, i) => t.tasks().dispatchTask({ toolName, args: { i } })));
+        const { tasks: claimed } = await t.workers().claimTasks({ workerId: "w1", toolNames: [toolName], maxTasks: count });
+        expect(claimed).toHaveLength(count);
+        const outcomes = await Promise.allSettled(
+          claimed.map(({ task, lease }, i) =>
+            t.workers().completeTask({
+              taskId: task!.taskId,
+              leaseId: i % 2 === 0 ? lease!.leaseId : "stale",
+              result: { kind: { case: "numberValue", value: i } },
+            }),
+          ),
+        );
+        for (const [i, outcome] of outcomes.entries()) {
+          expect(outcome.status).toBe(i % 2 === 0 ? "fulfilled" : "rejected");
+          const { task } = await t.tasks().getTask({ taskId: claimed[i].task!.taskId });
+          expect(task!.status).toBe(i % 2 === 0 ? TaskStatus.COMPLETED : TaskStatus.RUNNING);
+          const { events } = await t.tasks().listTaskEvents({ taskId: task!.taskId });
+          expect(events.map((e) => e.kind.case)).toEqual(i % 2 === 0 ? ["queued", "running", "completed"] : ["queued", "running"]);
+        }
+      });
+
       it("refuses a lease past its expiry", async () => {
         const toolName = tool();
         const { task } = await t.tasks().dispatchTask({ toolName });

@@ -10,17 +10,15 @@
 import BetterSqlite3 from "better-sqlite3";
 import { create } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
-import { Kysely, PostgresDialect, SqliteDialect, type LogEvent } from "kysely";
+import type { LogEvent } from "kysely";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import pg from "pg";
 import { startEmbeddedPostgres } from "../../test/support/postgres-global.js";
 import { LogSignal } from "../../src/fanout/log-signal.js";
-import type { Db } from "../../src/storage/connect.js";
+import { openDatabase } from "../../src/storage/connect.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
-import type { Database } from "../../src/storage/schema.js";
 import { TaskStore, type NewTask } from "../../src/storage/task-store.js";
 
 const { values: flags } = parseArgs({
@@ -94,44 +92,13 @@ function task(i: number): NewTask {
   };
 }
 
-/** Connections the pool closes while PostgreSQL stops are no news. */
-function quiet(pool: pg.Pool): pg.Pool {
-  pool.on("error", () => {});
-  return pool;
-}
-
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "taskstream-statements-"));
   const postgres = dialect === "postgres" ? await startEmbeddedPostgres() : undefined;
   const path = join(dir, "bench.db");
-  const kysely = postgres
-    ? new Kysely<Database>({
-        dialect: new PostgresDialect({
-          pool: quiet(new pg.Pool({
-            connectionString: postgres.url,
-            max: 10,
-            types: {
-              getTypeParser: ((oid: number, format?: "text" | "binary") =>
-                oid === pg.types.builtins.INT8 ? Number : pg.types.getTypeParser(oid, format as "text")) as typeof pg.types.getTypeParser,
-            },
-          })),
-        }),
-        log,
-      })
-    : new Kysely<Database>({
-        dialect: new SqliteDialect({
-          database: () => {
-            // As src/storage/connect.ts opens it.
-            const sqlite = new BetterSqlite3(path);
-            sqlite.pragma("journal_mode = WAL");
-            sqlite.pragma("synchronous = NORMAL");
-            sqlite.pragma("busy_timeout = 5000");
-            return Promise.resolve(sqlite);
-          },
-        }),
-        log,
-      });
-  const db: Db = { kysely, dialect, close: () => kysely.destroy() };
+  // Opened as the server opens it, with every query timed.
+  const db = openDatabase(postgres ? postgres.url : path, { log });
+  const kysely = db.kysely;
   try {
     await migrateToLatest(db);
     const store = new TaskStore(db, { log: new LogSignal(), pending: new LogSignal() });

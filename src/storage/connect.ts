@@ -1,7 +1,7 @@
 import BetterSqlite3 from "better-sqlite3";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { Kysely, PostgresDialect, SqliteDialect } from "kysely";
+import { Kysely, PostgresDialect, SqliteDialect, type KyselyConfig, type SqliteDatabase } from "kysely";
 import pg from "pg";
 import type { Database } from "./schema.js";
 
@@ -15,10 +15,11 @@ export interface Db {
 }
 
 /** Opens a `postgres://` URL, or otherwise a SQLite file path (created with its folder). */
-export function openDatabase(location: string, options: { poolSize?: number } = {}): Db {
+export function openDatabase(location: string, options: { poolSize?: number; log?: KyselyConfig["log"] } = {}): Db {
+  const { log } = options;
   const kysely = isPostgresUrl(location)
-    ? new Kysely<Database>({ dialect: new PostgresDialect({ pool: postgresPool(location, options.poolSize ?? 10) }) })
-    : new Kysely<Database>({ dialect: new SqliteDialect({ database: sqliteDatabase(location) }) });
+    ? new Kysely<Database>({ dialect: new PostgresDialect({ pool: postgresPool(location, options.poolSize ?? 10) }), log })
+    : new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(sqliteDatabase(location)) }), log });
   return {
     kysely,
     dialect: isPostgresUrl(location) ? "postgres" : "sqlite",
@@ -62,4 +63,31 @@ function sqliteDatabase(path: string): BetterSqlite3.Database {
   db.pragma("synchronous = NORMAL");
   db.pragma("busy_timeout = 5000");
   return db;
+}
+
+/**
+ * Kysely prepares every query it runs, and preparing costs SQLite more than
+ * running most of ours. The same SQL text reuses its prepared statement;
+ * the least recently used are dropped past `capacity` (lists with `in (...)`
+ * make a text per length). Kysely runs one query at a time on this
+ * connection, so a cached statement is never in use twice.
+ */
+function withStatementCache(db: BetterSqlite3.Database, capacity = 500): SqliteDatabase {
+  const cache = new Map<string, BetterSqlite3.Statement>();
+  return {
+    close: () => db.close(),
+    prepare(text: string) {
+      const cached = cache.get(text);
+      if (cached && !cached.busy) {
+        // Re-inserting moves it to the end: the Map's order is recency.
+        cache.delete(text);
+        cache.set(text, cached);
+        return cached;
+      }
+      const statement = db.prepare(text);
+      cache.set(text, statement);
+      if (cache.size > capacity) cache.delete(cache.keys().next().value!);
+      return statement;
+    },
+  };
 }

@@ -15,6 +15,7 @@ import { LOG_CHANNEL, notificationPayload } from "../fanout/pg-log-listener.js";
 import type { Db } from "./connect.js";
 import { appendEvents, runningKind, type EventKind } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
+import { GroupCommit, transactionPerWork, type Writer } from "./group-commit.js";
 import { fitBudget, taskSize } from "./size-budget.js";
 import { errorToColumn, valueToColumn } from "./task-rows.js";
 
@@ -83,7 +84,13 @@ export class TaskStore {
     private readonly signals: StoreSignals,
     private readonly limits: ConcurrencyLimits = { global: 0, perAgent: 0, overrides: new Map() },
     private readonly clock: () => number = Date.now,
-  ) {}
+  ) {
+    // SQLite has one writer: concurrent changes share a commit. Replicas of
+    // one PostgreSQL lock rows across processes, so each change commits alone.
+    this.writer = db.dialect === "sqlite" ? new GroupCommit(db.kysely) : transactionPerWork(db.kysely);
+  }
+
+  private readonly writer: Writer;
 
   /**
    * Creates a task, or returns the one an earlier dispatch with the same
@@ -313,22 +320,20 @@ export class TaskStore {
 
   /** Runs a write transaction and, once it committed, tells readers how far the log got. */
   private async transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
-    let committed: Tx | undefined;
-    const result = await this.db.kysely.transaction().execute(async (trx) => {
+    const { value, tx } = await this.writer.run(async (trx) => {
       const tx: Tx = { trx, now: this.clock(), newestSequence: 0, madePending: false };
       const value = await work(tx);
       // Other replicas hear of the commit when it happens (NOTIFY is sent at commit).
       if (this.db.dialect === "postgres" && tx.newestSequence > 0) {
         await sql`select pg_notify(${LOG_CHANNEL}, ${notificationPayload(tx.newestSequence, tx.madePending)})`.execute(trx);
       }
-      committed = tx;
-      return value;
+      return { value, tx };
     });
-    if (committed && committed.newestSequence > 0) {
-      this.signals.log.notify(committed.newestSequence);
-      if (committed.madePending) this.signals.pending.notify(committed.newestSequence);
+    if (tx.newestSequence > 0) {
+      this.signals.log.notify(tx.newestSequence);
+      if (tx.madePending) this.signals.pending.notify(tx.newestSequence);
     }
-    return result;
+    return value;
   }
 }
 
@@ -360,11 +365,23 @@ async function applyAll(tx: Tx, changes: { task: TaskRow; steps: Step[] }[]): Pr
     nexts.map(async (next, i) => {
       if (changes[i].steps.length === 0) return next;
       const updated = { ...next, sequence: lastSequence.get(next.task_id) ?? next.sequence };
-      const { task_id, ...columns } = updated;
-      await tx.trx.updateTable("tasks").set(columns).where("task_id", "=", task_id).execute();
+      const changed = changedColumns(changes[i].task, updated);
+      if (Object.keys(changed).length > 0) await tx.trx.updateTable("tasks").set(changed).where("task_id", "=", next.task_id).execute();
       return updated;
     }),
   );
+}
+
+/**
+ * The columns whose values differ: an UPDATE that sets a column rewrites
+ * every index on it, changed or not, and the tasks table has many.
+ */
+function changedColumns(before: TaskRow, after: TaskRow): Partial<TaskRow> {
+  const changed: Record<string, unknown> = {};
+  for (const column of Object.keys(after) as (keyof TaskRow)[]) {
+    if (after[column] !== before[column]) changed[column] = after[column];
+  }
+  return changed as Partial<TaskRow>;
 }
 
 function newTaskRow(input: NewTask, now: number): TaskRow {
@@ -414,7 +431,15 @@ function findDuplicate(trx: Transaction<Database>, input: NewTask): Promise<Task
       eb.or([
         ...(input.requestId !== "" ? [eb("request_id", "=", input.requestId)] : []),
         ...(input.toolCallId !== ""
-          ? [eb.and([eb("agent_id", "=", input.agentId), eb("tool_call_id", "=", input.toolCallId)])]
+          ? [
+              eb.and([
+                eb("agent_id", "=", input.agentId),
+                eb("tool_call_id", "=", input.toolCallId),
+                // Repeats the unique index's own condition, without which
+                // SQLite will not use that partial index.
+                eb("tool_call_id", "<>", ""),
+              ]),
+            ]
           : []),
       ]),
     )
