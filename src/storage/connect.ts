@@ -4,6 +4,7 @@ import { dirname } from "node:path";
 import { Kysely, PostgresDialect, SqliteDialect, type KyselyConfig, type SqliteDatabase } from "kysely";
 import pg from "pg";
 import type { Database } from "./schema.js";
+import { SqliteCheckpointer } from "./sqlite-checkpointer.js";
 
 export type DialectName = "sqlite" | "postgres";
 
@@ -20,10 +21,14 @@ export function openDatabase(location: string, options: { poolSize?: number; log
   const kysely = isPostgresUrl(location)
     ? new Kysely<Database>({ dialect: new PostgresDialect({ pool: postgresPool(location, options.poolSize ?? 10) }), log })
     : new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(sqliteDatabase(location)) }), log });
+  const checkpointer = isPostgresUrl(location) || location === ":memory:" ? undefined : new SqliteCheckpointer(location);
   return {
     kysely,
     dialect: isPostgresUrl(location) ? "postgres" : "sqlite",
-    close: () => kysely.destroy(),
+    close: async () => {
+      await checkpointer?.close();
+      await kysely.destroy();
+    },
   };
 }
 
@@ -62,6 +67,10 @@ function sqliteDatabase(path: string): BetterSqlite3.Database {
   // only on power loss, and spares an fsync per commit.
   db.pragma("synchronous = NORMAL");
   db.pragma("busy_timeout = 5000");
+  // A SqliteCheckpointer keeps the WAL short from another thread; this
+  // connection checkpoints (and waits on the disk) only if that falls far behind.
+  db.pragma("wal_autocheckpoint = 10000");
+  db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`);
   return db;
 }
 

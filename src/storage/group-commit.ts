@@ -46,12 +46,17 @@ export class GroupCommit implements Writer {
   run<T>(work: WriteWork<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ work, resolve: resolve as (value: unknown) => void, reject });
-      if (!this.draining) void this.drain();
+      // Wait for this turn of the event loop to end: on SQLite a transaction
+      // runs without yielding to I/O, so requests that arrived together
+      // would otherwise commit one by one.
+      if (!this.draining) {
+        this.draining = true;
+        setImmediate(() => void this.drain());
+      }
     });
   }
 
   private async drain(): Promise<void> {
-    this.draining = true;
     try {
       while (this.queue.length > 0) await this.commit(this.queue.splice(0, this.maxBatch));
     } finally {

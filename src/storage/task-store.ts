@@ -99,10 +99,7 @@ export class TaskStore {
    */
   async dispatch(input: NewTask, claim?: ClaimBy): Promise<{ task: TaskRow; created: boolean; lease?: Lease }> {
     const { task, created } = await this.transaction(async (tx) => {
-      const existing = await findDuplicate(tx.trx, input);
-      if (existing) return { task: existing, created: false };
-      const slots = await this.slotCounts(tx, input.backpressure === "reject");
-      if (input.backpressure === "reject" && slots && !slots.hasSlot(input.agentId)) throw noSlot(input.agentId, this.limits);
+      // Insert first, look up only on a conflict: the common dispatch is new.
       const pending = newTaskRow(input, tx.now);
       const inserted = await tx.trx
         .insertInto("tasks")
@@ -110,8 +107,9 @@ export class TaskStore {
         .onConflict((oc) => oc.doNothing())
         .returning("task_id")
         .executeTakeFirst();
-      // A concurrent dispatch with the same identity committed first.
       if (!inserted) return { task: (await findDuplicate(tx.trx, input))!, created: false };
+      const slots = await this.slotCounts(tx, input.backpressure === "reject", pending.task_id);
+      if (input.backpressure === "reject" && slots && !slots.hasSlot(input.agentId)) throw noSlot(input.agentId, this.limits);
       const steps: Step[] = [{ set: { status: TaskStatus.PENDING }, event: { case: "queued", value: queuedEvent(pending) } }];
       // A self-claimed dispatch runs at once only in a free slot; otherwise it queues.
       if (claim && (slots ?? (await this.slotCounts(tx, false)))?.hasSlot(input.agentId) !== false) {
@@ -286,11 +284,12 @@ export class TaskStore {
   }
 
   /**
-   * Running (and with `countPending`, pending) counts under a lock that every
+   * Running (and with `countPending`, pending) counts, but for
+   * `excludeTaskId` (the task being dispatched), under a lock that every
    * slot-taking transaction takes first, so no two count at once; undefined
    * when no limit is set. SQLite serializes writers by itself.
    */
-  private async slotCounts(tx: Tx, countPending: boolean): Promise<SlotCounts | undefined> {
+  private async slotCounts(tx: Tx, countPending: boolean, excludeTaskId?: string): Promise<SlotCounts | undefined> {
     if (!hasLimits(this.limits)) return undefined;
     if (this.db.dialect === "postgres") {
       await tx.trx.selectFrom("log_head").select("id").where("id", "=", 1).forUpdate().execute();
@@ -300,6 +299,7 @@ export class TaskStore {
       .selectFrom("tasks")
       .select((eb) => ["agent_id", eb.fn.countAll<number | string>().as("n")])
       .where("status", "in", statuses)
+      .$if(excludeTaskId !== undefined, (q) => q.where("task_id", "<>", excludeTaskId!))
       .groupBy("agent_id")
       .execute();
     const byAgent = new Map(rows.map((r) => [r.agent_id, Number(r.n)]));
