@@ -214,18 +214,24 @@ export class TaskStore {
     });
   }
 
-  /** Makes a suspended task claimable again, or, with `claim`, running at once for the caller. */
+  /**
+   * Makes a suspended task claimable again. With `claim` it runs at once for
+   * the caller, as a self-claimed dispatch does, only in a free concurrency
+   * slot (its own was freed when it suspended); otherwise it waits PENDING for
+   * a worker and the caller gets no lease. ResumeTask names no backpressure,
+   * so there is nothing to reject with: the task is never lost by queueing.
+   */
   async resume(taskId: string, resumeData: Value | undefined, claim?: ClaimBy): Promise<{ task: TaskRow; lease?: Lease }> {
-    const task = await this.change(taskId, (task, now) => {
+    const task = await this.change(taskId, async (task, now, tx) => {
       requireStatus(task, "resume");
       const resumed: Step = {
         set: { status: TaskStatus.PENDING, resume_data: valueToColumn(resumeData) },
         event: { case: "resumed", value: { resumeData } },
       };
-      if (!claim) return [resumed];
+      if (!claim || (await this.slotCounts(tx, false))?.hasSlot(task.agent_id) === false) return [resumed];
       return [resumed, startRunning({ ...task, ...resumed.set }, claim, now)];
     });
-    return { task, lease: claim ? leaseOf(task) : undefined };
+    return { task, lease: claim && task.status === TaskStatus.RUNNING ? leaseOf(task) : undefined };
   }
 
   /**
@@ -307,14 +313,19 @@ export class TaskStore {
     return new SlotCounts(this.limits, total, byAgent);
   }
 
-  /** Loads the task, lets `decide` check it and choose its steps, and applies them. */
-  private async change(taskId: string, decide: (task: TaskRow, now: number) => Step[]): Promise<TaskRow> {
+  /**
+   * Loads the task, lets `decide` check it and choose its steps, and applies
+   * them. On PostgreSQL the task's row is locked first; a `decide` that counts
+   * slots takes the log_head lock after it, the order every change appending
+   * an event already follows.
+   */
+  private async change(taskId: string, decide: (task: TaskRow, now: number, tx: Tx) => Step[] | Promise<Step[]>): Promise<TaskRow> {
     return this.transaction(async (tx) => {
       let select = tx.trx.selectFrom("tasks").selectAll().where("task_id", "=", taskId);
       if (this.db.dialect === "postgres") select = select.forUpdate();
       const current = await select.executeTakeFirst();
       if (!current) throw taskNotFound(taskId);
-      return apply(tx, current, decide(current, tx.now));
+      return apply(tx, current, await decide(current, tx.now, tx));
     });
   }
 
