@@ -1,3 +1,5 @@
+import { readFileSync } from "node:fs";
+import { createSecureContext } from "node:tls";
 import { parseArgs } from "node:util";
 
 /** Every server setting, each a flag with an environment twin. */
@@ -68,7 +70,7 @@ export const SETTINGS: Record<keyof Settings, SettingSpec> = {
     default: "./data/taskstream.db",
     parse: String,
   },
-  tlsCert: { flag: "tls-cert", env: "TASKSTREAM_TLS_CERT", help: "PEM certificate file; enables TLS with --tls-key", default: "", parse: optional },
+  tlsCert: { flag: "tls-cert", env: "TASKSTREAM_TLS_CERT", help: "PEM certificate file; TLS needs it and --tls-key, or neither", default: "", parse: optional },
   tlsKey: { flag: "tls-key", env: "TASKSTREAM_TLS_KEY", help: "PEM private key file", default: "", parse: optional },
   leaseMs: { flag: "lease-ms", env: "TASKSTREAM_LEASE_MS", help: "default lease length", default: "30000", parse: ms },
   maxLeaseMs: { flag: "max-lease-ms", env: "TASKSTREAM_MAX_LEASE_MS", help: "longest lease a worker may ask for", default: "600000", parse: ms },
@@ -207,7 +209,36 @@ export function loadSettings(
       throw new Error(`--${spec.flag} / ${spec.env}: ${(err as Error).message}`);
     }
   }
-  return { ...(settings as unknown as Settings), ...overrides };
+  const loaded = { ...(settings as unknown as Settings), ...overrides };
+  checkTls(loaded);
+  return loaded;
+}
+
+/**
+ * TLS needs both files: with one, the port would serve plaintext to clients
+ * that believe they set up TLS. Unreadable files, or ones that are not a
+ * matching PEM pair, would fail later with an OpenSSL message that names no
+ * setting. Checked here, before storage is opened, so a bad setting changes nothing.
+ */
+function checkTls({ tlsCert, tlsKey }: Settings): void {
+  const [cert, key] = [SETTINGS.tlsCert, SETTINGS.tlsKey].map((s) => `--${s.flag} / ${s.env}`);
+  if (tlsCert === undefined && tlsKey === undefined) return;
+  if (tlsCert === undefined) throw new Error(`${cert} is not set but ${key} is: TLS needs both or neither`);
+  if (tlsKey === undefined) throw new Error(`${key} is not set but ${cert} is: TLS needs both or neither`);
+  const pem = { cert: readSettingFile(cert, tlsCert), key: readSettingFile(key, tlsKey) };
+  try {
+    createSecureContext(pem);
+  } catch (err) {
+    throw new Error(`--${SETTINGS.tlsCert.flag} / --${SETTINGS.tlsKey.flag}: not a usable PEM certificate and private key (${(err as Error).message})`);
+  }
+}
+
+function readSettingFile(setting: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new Error(`${setting}: cannot read "${path}": ${(err as Error).message}`);
+  }
 }
 
 /** The help text, generated from the table so it cannot drift. */
