@@ -1,4 +1,7 @@
-import { Code } from "@connectrpc/connect";
+import http2 from "node:http2";
+import { Code, createClient } from "@connectrpc/connect";
+import { compressionGzip, createGrpcTransport } from "@connectrpc/connect-node";
+import { TaskService } from "../gen/taskstream/v1/task_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/taskstream/v1/task_pb.js";
 import { errorReason } from "../src/errors.js";
@@ -169,6 +172,30 @@ for (const dialect of DIALECTS) {
       expect(received.events).toHaveLength(0);
       const hb = received.heartbeats;
       expect(hb.every((s, i) => i === 0 || s >= hb[i - 1])).toBe(true);
+    });
+
+    it("takes a gzip-compressed gRPC request, and refuses a malformed one with INVALID_ARGUMENT", async () => {
+      const agentId = unique();
+      const task = await running(agentId);
+      const gzipped = createClient(
+        TaskService,
+        createGrpcTransport({ baseUrl: t.server.url, sendCompression: compressionGzip, compressMinBytes: 0 }),
+      );
+      const first = await collect(gzipped, { filter: { agentId } }, { timeoutMs: 2000 }).done;
+      expect(first.snapshot.map((e) => e.taskId)).toEqual([task.taskId]);
+
+      // A frame whose length prefix promises more bytes than follow.
+      const session = http2.connect(t.server.url);
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/taskstream.v1.TaskService/StreamTasks",
+        "content-type": "application/grpc",
+        te: "trailers",
+      });
+      stream.end(Buffer.from([0, 0, 0, 0, 9, 1, 2]));
+      const trailers = await new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once("trailers", resolve));
+      session.close();
+      expect(trailers["grpc-status"]).toBe(String(Code.InvalidArgument));
     });
 
     it("ends on the client's deadline and on cancel, and releases the stream", async () => {

@@ -16,7 +16,8 @@ import { PgLogListener } from "../fanout/pg-log-listener.js";
 import { HealthStatus, OVERALL } from "./health.js";
 import { listen } from "./listener.js";
 import { fallbackHandler } from "./metrics.js";
-import { storageErrors } from "./storage-errors.js";
+import { storageErrorConverter, storageErrors } from "./storage-errors.js";
+import { withGrpcStreamTasks } from "./grpc-stream-tasks.js";
 import { routes } from "./routes.js";
 
 /** gRPC clients refuse messages over 4 MiB by default; the server holds to the same. */
@@ -55,7 +56,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
   const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0 }, settings };
 
   const shutdown = new AbortController();
-  const handler = connectNodeAdapter({
+  const connectHandler = connectNodeAdapter({
     routes: routes(deps, health),
     readMaxBytes: MAX_MESSAGE_BYTES,
     writeMaxBytes: MAX_MESSAGE_BYTES,
@@ -64,6 +65,11 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     shutdownSignal: shutdown.signal,
     fallback: fallbackHandler(deps),
     interceptors: [storageErrors(logger)],
+  });
+  const handler = withGrpcStreamTasks(connectHandler, deps, {
+    maxMessageBytes: MAX_MESSAGE_BYTES,
+    shutdownSignal: shutdown.signal,
+    toConnectError: storageErrorConverter(logger),
   });
   const tls = settings.tlsCert && settings.tlsKey ? { certFile: settings.tlsCert, keyFile: settings.tlsKey } : undefined;
   const server = await listen(handler, { host: settings.host, port: settings.port, tls });

@@ -12,12 +12,7 @@ const UNAVAILABLE_MESSAGES = [/Connection terminated/i, /timeout exceeded when t
  * unexpected is INTERNAL and logged. taskstream's own errors pass through.
  */
 export function storageErrors(logger: Logger): Interceptor {
-  const convert = (err: unknown, procedure: string): ConnectError => {
-    if (err instanceof ConnectError) return err;
-    if (isUnavailable(err)) return new ConnectError(`storage unavailable: ${(err as Error).message}`, Code.Unavailable);
-    logger.error("unexpected error", { procedure, error: String(err), stack: (err as Error)?.stack });
-    return new ConnectError("internal error", Code.Internal);
-  };
+  const convert = storageErrorConverter(logger);
   return (next) => async (req) => {
     try {
       const res = await next(req);
@@ -26,6 +21,16 @@ export function storageErrors(logger: Logger): Interceptor {
     } catch (err) {
       throw convert(err, req.method.name);
     }
+  };
+}
+
+/** The status an error thrown by a handler answers with; see storageErrors. */
+export function storageErrorConverter(logger: Logger): (err: unknown, procedure: string) => ConnectError {
+  return (err, procedure) => {
+    if (err instanceof ConnectError) return err;
+    if (isUnavailable(err)) return new ConnectError(`storage unavailable: ${(err as Error).message}`, Code.Unavailable);
+    logger.error("unexpected error", { procedure, error: String(err), stack: (err as Error)?.stack });
+    return new ConnectError("internal error", Code.Internal);
   };
 }
 
