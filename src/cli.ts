@@ -1,6 +1,6 @@
 import { loadSettings, settingsHelp } from "./config.js";
-import { createLogger } from "./log.js";
-import { startServer } from "./server/server.js";
+import { createLogger, type Logger } from "./log.js";
+import { startServer, type TaskstreamServer } from "./server/server.js";
 
 const USAGE = `taskstream: background tasks for agent systems, over gRPC, gRPC-Web and Connect
 
@@ -19,9 +19,12 @@ async function main(argv: string[]): Promise<void> {
   if (command !== "serve") throw new Error(`unknown command "${command}"\n\n${USAGE}`);
   const settings = loadSettings(rest);
   const logger = createLogger(settings.logLevel);
-  const server = await startServer(settings, logger);
-  const stop = (signal: string) => {
+  let server: TaskstreamServer | undefined;
+  const stop = async (signal: string, drainMs: number) => {
     logger.info("signal received", { signal });
+    // Still starting: nothing is served yet, so nothing to drain or close.
+    if (!server) process.exit(0);
+    await drain(server, drainMs, logger);
     server.close().then(
       () => process.exit(0),
       (err) => {
@@ -30,8 +33,25 @@ async function main(argv: string[]): Promise<void> {
       },
     );
   };
-  process.once("SIGTERM", () => stop("SIGTERM"));
-  process.once("SIGINT", () => stop("SIGINT"));
+  // SIGTERM is an orchestrator's stop: drain so balancers move away first.
+  // SIGINT is someone at a terminal (or cutting a drain short): stop now.
+  process.once("SIGTERM", () => void stop("SIGTERM", settings.shutdownDrainMs));
+  process.once("SIGINT", () => void stop("SIGINT", 0));
+  // Handlers go in first: a signal that finds none gets Node's default, which
+  // ends the process at once, even just after the "listening" line.
+  server = await startServer(settings, logger);
+}
+
+/**
+ * Reports NOT_SERVING on health while still serving every call for drainMs,
+ * so load balancers and probes see it and stop routing here before the port
+ * closes and open calls are ended.
+ */
+async function drain(server: TaskstreamServer, drainMs: number, logger: Logger): Promise<void> {
+  if (drainMs === 0) return;
+  server.health.drain();
+  logger.info("draining: health NOT_SERVING, still serving", { drainMs });
+  await new Promise((resolve) => setTimeout(resolve, drainMs));
 }
 
 main(process.argv.slice(2)).catch((err) => {

@@ -44,6 +44,8 @@ export interface Settings {
   streamWindow: number;
   /** How often a PostgreSQL server looks for events other replicas wrote. */
   logPollMs: number;
+  /** How long SIGTERM keeps serving with health NOT_SERVING before shutdown begins. */
+  shutdownDrainMs: number;
   /** How long shutdown lets in-flight calls finish before closing them. */
   shutdownGraceMs: number;
   logLevel: "debug" | "info" | "warn" | "error";
@@ -181,6 +183,18 @@ export const SETTINGS: Record<keyof Settings, SettingSpec> = {
     help: "PostgreSQL: how often to look for events other replicas wrote",
     default: "200",
     parse: ms,
+  },
+  // Kubernetes sends SIGTERM as it removes the pod from its Endpoints, and
+  // kube-proxy, ingress controllers and balancers probing health learn of it
+  // seconds later. 5 s of serving with health NOT_SERVING covers that (the
+  // usual preStop sleep), and with the 10 s grace still ends well inside the
+  // default terminationGracePeriodSeconds of 30.
+  shutdownDrainMs: {
+    flag: "shutdown-drain-ms",
+    env: "TASKSTREAM_SHUTDOWN_DRAIN_MS",
+    help: "on SIGTERM, time to keep serving with health NOT_SERVING before shutting down",
+    default: "5000",
+    parse: nonNegativeInt,
   },
   shutdownGraceMs: {
     flag: "shutdown-grace-ms",

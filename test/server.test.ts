@@ -324,11 +324,15 @@ describe("CLI", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  /** The environment without any TASKSTREAM_ setting of the machine running the tests. */
+  /**
+   * The environment without any TASKSTREAM_ setting of the machine running the
+   * tests, and with no SIGTERM drain: these tests time the shutdown itself
+   * (test/shutdown-drain.test.ts covers the drain).
+   */
   function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("TASKSTREAM_")) env[k] = v;
-    return { ...env, ...extra };
+    return { ...env, TASKSTREAM_SHUTDOWN_DRAIN_MS: "0", ...extra };
   }
 
   /** Runs bin/taskstream.js; collects its JSON log lines and stderr, and when it exits. */

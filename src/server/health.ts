@@ -19,6 +19,7 @@ interface Watcher {
 export class HealthStatus {
   readonly #statuses = new Map<string, ServingStatus>();
   readonly #watchers = new Set<Watcher>();
+  #draining = false;
   #shutDown = false;
 
   /** Starts with the overall status and each named service SERVING. */
@@ -27,9 +28,9 @@ export class HealthStatus {
     for (const service of services) this.#statuses.set(service, ServingStatus.SERVING);
   }
 
-  /** Records a status and tells the service's watchers. Ignored after shutdown, which is final. */
+  /** Records a status and tells the service's watchers. Ignored once draining, which is final. */
   set(service: string, status: ServingStatus): void {
-    if (this.#shutDown) return;
+    if (this.#draining) return;
     this.#statuses.set(service, status);
     for (const watcher of this.#watchers) if (watcher.service === service) watcher.wake(status);
   }
@@ -49,9 +50,19 @@ export class HealthStatus {
     return this.#watchers.size;
   }
 
-  /** Marks every service NOT_SERVING and ends every watch() stream. */
-  shutdown(): void {
+  /**
+   * Marks every service NOT_SERVING for good while the server still answers,
+   * so Check and open watch() streams report it before the port closes. No
+   * later set() undoes it (a database reconnecting would flip it back).
+   */
+  drain(): void {
     for (const service of this.#statuses.keys()) this.set(service, ServingStatus.NOT_SERVING);
+    this.#draining = true;
+  }
+
+  /** Drains, if not yet, and ends every watch() stream. */
+  shutdown(): void {
+    this.drain();
     this.#shutDown = true;
     for (const watcher of this.#watchers) watcher.wake(undefined);
   }

@@ -17,7 +17,9 @@ export interface Replica {
 
 /** Starts `taskstream serve` on a free port and waits for its "listening" log line. */
 export async function startReplica(name: string, database: string, flags: string[] = []): Promise<Replica> {
-  const child = spawn(process.execPath, ["bin/taskstream.js", "serve", "--port", "0", "--database", database, "--log-level", "info", ...flags], {
+  // No drain: tests stop replicas to test what follows, not the drain.
+  const args = ["serve", "--port", "0", "--database", database, "--log-level", "info", "--shutdown-drain-ms", "0", ...flags];
+  const child = spawn(process.execPath, ["bin/taskstream.js", ...args], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   const lines = createInterface({ input: child.stdout! });
