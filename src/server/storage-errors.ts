@@ -1,9 +1,22 @@
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { ERROR_DOMAIN } from "../errors.js";
 import type { Logger } from "../log.js";
 
-// PostgreSQL's connection-exception and shutdown classes, and the socket
-// errors of a database that is restarting or out of reach.
-const UNAVAILABLE_CODES = new Set(["08000", "08001", "08003", "08004", "08006", "57P01", "57P02", "57P03", "ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "SQLITE_BUSY"]);
+// Failures that pass when the database is back, so a client should retry:
+const UNAVAILABLE_CODES = new Set([
+  // PostgreSQL: connection exceptions (class 08), out of connection slots,
+  // and the server shutting down, crashed or still starting (class 57P).
+  ...["08000", "08001", "08003", "08004", "08006", "53300", "57P01", "57P02", "57P03"],
+  // Node's socket and DNS errors: a database restarting or out of reach.
+  ...["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH"],
+  // SQLite: another process held the write lock past busy_timeout.
+  "SQLITE_BUSY",
+]);
+// node-postgres reports these with a message only: no free connection in
+// time ("timeout exceeded when trying to connect"), or a connection that
+// ended or failed while in use.
 const UNAVAILABLE_MESSAGES = [/Connection terminated/i, /timeout exceeded when trying to connect/i, /Client has encountered a connection error/i];
 
 /**
@@ -28,7 +41,8 @@ export function storageErrors(logger: Logger): Interceptor {
 export function storageErrorConverter(logger: Logger): (err: unknown, procedure: string) => ConnectError {
   return (err, procedure) => {
     if (err instanceof ConnectError) return err;
-    if (isUnavailable(err)) return new ConnectError(`storage unavailable: ${(err as Error).message}`, Code.Unavailable);
+    const cause = unavailableCause(err);
+    if (cause) return storageUnavailable(cause);
     logger.error("unexpected error", { procedure, error: String(err), stack: (err as Error)?.stack });
     return new ConnectError("internal error", Code.Internal);
   };
@@ -42,7 +56,30 @@ async function* rethrowing<T>(messages: AsyncIterable<T>, convert: (err: unknown
   }
 }
 
-function isUnavailable(err: unknown): boolean {
-  const { code, message } = (err ?? {}) as { code?: string; message?: string };
-  return (code !== undefined && UNAVAILABLE_CODES.has(code)) || UNAVAILABLE_MESSAGES.some((re) => re.test(message ?? ""));
+/**
+ * The error, or the one it wraps, that says storage is out of reach, if any.
+ * node-postgres wraps connect failures in `cause`, and Node reports a failed
+ * connect to every address of a host name as an AggregateError.
+ */
+export function unavailableCause(err: unknown, depth = 0): { code?: string; message?: string } | undefined {
+  if (typeof err !== "object" || err === null || depth > 5) return undefined;
+  const { code, message, cause, errors } = err as { code?: unknown; message?: unknown; cause?: unknown; errors?: unknown };
+  if (typeof code === "string" && UNAVAILABLE_CODES.has(code)) return { code, message: String(message) };
+  if (typeof message === "string" && UNAVAILABLE_MESSAGES.some((re) => re.test(message))) return { message };
+  for (const inner of [cause, ...(Array.isArray(errors) ? errors : [])]) {
+    const found = unavailableCause(inner, depth + 1);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/**
+ * UNAVAILABLE with reason STORAGE_UNAVAILABLE, and the driver's code (a
+ * SQLSTATE or a Node error code) when there is one, so clients and logs can
+ * tell an outage from a refusal without parsing the message.
+ */
+function storageUnavailable(cause: { code?: string; message?: string }): ConnectError {
+  const metadata: Record<string, string> = cause.code ? { code: cause.code } : {};
+  const info = create(ErrorInfoSchema, { reason: "STORAGE_UNAVAILABLE", domain: ERROR_DOMAIN, metadata });
+  return new ConnectError(`storage unavailable: ${cause.message ?? cause.code}`, Code.Unavailable, undefined, [{ desc: ErrorInfoSchema, value: info }]);
 }
