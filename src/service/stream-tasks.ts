@@ -3,12 +3,12 @@ import { Code } from "@connectrpc/connect";
 import { StreamTasksResponseSchema, type StreamTasksRequest, type StreamTasksResponse, type TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
 import { TaskEventSchema } from "../../gen/taskstream/v1/task_pb.js";
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { msFromDuration, timestampFromMs } from "../domain/time.js";
 import { invalidArgument, taskstreamError } from "../errors.js";
 import { logBounds, readLogEntries, type EventFilter, type LogEntry } from "../storage/event-log.js";
 import { runningSnapshot } from "../storage/task-queries.js";
 import type { ServiceDeps } from "./deps.js";
+import { rawBytes, speaksJson, withEncodedField } from "./encoded-response.js";
 import { taskFilter } from "./validate.js";
 
 type StreamTasks = ServiceImpl<typeof TaskService>["streamTasks"];
@@ -30,7 +30,7 @@ const STEP = 1000;
 export function streamTasks(deps: ServiceDeps): StreamTasks {
   return async function* (req, ctx) {
     const filter = taskFilter(req.filter);
-    const send = isJson(ctx.requestHeader) ? decodedResponse : encodedResponse;
+    const send = speaksJson(ctx.requestHeader) ? decodedResponse : encodedResponse;
     const heartbeatMs = heartbeatInterval(req);
     // Counted until the call ends. The abort matters when the client vanished
     // while a write waited for a drain that never comes: this generator then
@@ -123,15 +123,13 @@ const encodedResponses = new WeakMap<LogEntry, StreamTasksResponse>();
 const decodedResponses = new WeakMap<LogEntry, StreamTasksResponse>();
 
 /**
- * For binary codecs: the response with the entry's stored bytes as field 1
- * (`event`), as an unknown field that protobuf-es writes out verbatim. On the
- * wire it is exactly `{event: ...}`, and no stream encodes the event again.
+ * For binary codecs: the response with the entry's stored bytes as `event`,
+ * sent verbatim (encoded-response.ts): no stream encodes the event again.
  */
 function encodedResponse(entry: LogEntry): StreamTasksResponse {
   let response = encodedResponses.get(entry);
   if (!response) {
-    response = create(StreamTasksResponseSchema);
-    response.$unknown = [{ no: EVENT_FIELD, wireType: WireType.LengthDelimited, data: lengthPrefixed(entry.payload) }];
+    response = withEncodedField(StreamTasksResponseSchema, {}, StreamTasksResponseSchema.field.event, [entry.payload], rawBytes);
     encodedResponses.set(entry, response);
   }
   return response;
@@ -145,19 +143,6 @@ function decodedResponse(entry: LogEntry): StreamTasksResponse {
     decodedResponses.set(entry, response);
   }
   return response;
-}
-
-const EVENT_FIELD = StreamTasksResponseSchema.field.event.number;
-
-function lengthPrefixed(bytes: Uint8Array): Uint8Array {
-  const writer = new BinaryWriter();
-  writer.bytes(bytes);
-  return writer.finish();
-}
-
-/** Whether the call speaks JSON (Connect JSON, gRPC-Web JSON), judged by its content type. */
-function isJson(headers: Headers): boolean {
-  return (headers.get("content-type") ?? "").includes("json");
 }
 
 function heartbeat(sequence: number): Response {

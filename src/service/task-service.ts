@@ -1,8 +1,12 @@
 import type { ServiceImpl } from "@connectrpc/connect";
-import { TaskStatus, type RetryPolicy } from "../../gen/taskstream/v1/task_pb.js";
+import { fromBinary } from "@bufbuild/protobuf";
+import { TaskEventSchema, TaskStatus, type RetryPolicy } from "../../gen/taskstream/v1/task_pb.js";
 import {
+  GetTaskResponseSchema,
   ListTasksRequestSchema,
+  ListTasksResponseSchema,
   ListTaskEventsRequestSchema,
+  ListTaskEventsResponseSchema,
   Backpressure,
   TaskService,
   TaskTimeField,
@@ -13,8 +17,9 @@ import type { Settings } from "../config.js";
 import { invalidArgument, taskNotFound } from "../errors.js";
 import { getTask, listTaskEvents, listTasks, type TimeColumn } from "../storage/task-queries.js";
 import type { ClaimBy } from "../storage/task-store.js";
-import { taskFromRow } from "../storage/task-rows.js";
+import { taskFromRow, writeTask } from "../storage/task-rows.js";
 import type { ServiceDeps } from "./deps.js";
+import { rawBytes, speaksJson, withEncodedField } from "./encoded-response.js";
 import { leaseMessage } from "./leases.js";
 import { streamTasks } from "./stream-tasks.js";
 import { decodePageToken, encodePageToken, pageSize, requestFingerprint } from "./pagination.js";
@@ -67,14 +72,18 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
       return { task: taskFromRow(task), lease: lease && leaseMessage(lease) };
     },
 
-    async getTask(req) {
+    // GetTask, ListTasks and ListTaskEvents answer binary calls with bytes
+    // written straight from storage (see encoded-response.ts): encoding tasks
+    // with protobuf-es cost more than the query.
+    async getTask(req, ctx) {
       const taskId = requireId("task_id", req.taskId);
       const task = await getTask(deps.db.kysely, taskId);
       if (!task) throw taskNotFound(taskId);
-      return { task: taskFromRow(task) };
+      if (speaksJson(ctx.requestHeader)) return { task: taskFromRow(task) };
+      return withEncodedField(GetTaskResponseSchema, {}, GetTaskResponseSchema.field.task, [task], writeTask);
     },
 
-    async listTasks(req) {
+    async listTasks(req, ctx) {
       const fingerprint = requestFingerprint(ListTasksRequestSchema, req);
       const token = req.pageToken === "" ? undefined : decodePageToken(req.pageToken, fingerprint, isTaskPosition);
       const after = token && { value: token.position.v, taskId: token.position.id };
@@ -83,14 +92,15 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
       const total = token?.total ?? page.total!;
       const last = page.items[page.items.length - 1];
       const orderBy = TIME_COLUMNS[req.orderBy];
-      return {
-        tasks: page.items.map(taskFromRow),
+      const response = {
         nextPageToken: page.more ? encodePageToken(fingerprint, { position: { v: last[orderBy], id: last.task_id }, total }) : "",
         totalSize: BigInt(total),
       };
+      if (speaksJson(ctx.requestHeader)) return { ...response, tasks: page.items.map(taskFromRow) };
+      return withEncodedField(ListTasksResponseSchema, response, ListTasksResponseSchema.field.tasks, page.items, writeTask);
     },
 
-    async listTaskEvents(req) {
+    async listTaskEvents(req, ctx) {
       const taskId = requireId("task_id", req.taskId);
       const fingerprint = requestFingerprint(ListTaskEventsRequestSchema, req);
       const token = req.pageToken === "" ? undefined : decodePageToken(req.pageToken, fingerprint, isSequence);
@@ -103,11 +113,14 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
       });
       const total = token?.total ?? page.total!;
       const last = page.items[page.items.length - 1];
-      return {
-        events: page.items,
-        nextPageToken: page.more ? encodePageToken(fingerprint, { position: Number(last.sequence), total }) : "",
+      const response = {
+        nextPageToken: page.more ? encodePageToken(fingerprint, { position: last.sequence, total }) : "",
         totalSize: BigInt(total),
       };
+      // Events are stored encoded: a binary call gets those bytes as they are.
+      const payloads = page.items.map((event) => event.payload);
+      if (speaksJson(ctx.requestHeader)) return { ...response, events: payloads.map((payload) => fromBinary(TaskEventSchema, payload)) };
+      return withEncodedField(ListTaskEventsResponseSchema, response, ListTaskEventsResponseSchema.field.events, payloads, rawBytes);
     },
   };
 }

@@ -1,6 +1,5 @@
-import { fromBinary } from "@bufbuild/protobuf";
 import { expressionBuilder, type ExpressionBuilder, type Kysely, type SelectQueryBuilder } from "kysely";
-import { TaskEventSchema, TaskStatus, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
+import { TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
 import type { Db } from "./connect.js";
 import { filterColumns, logBounds, logEntry, type EventFilter, type LogEntry } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
@@ -62,21 +61,21 @@ export async function listTasks(db: Kysely<Database>, query: TaskQuery): Promise
   };
 }
 
-/** One page of a task's events, in sequence order. */
+/** One page of a task's events, in sequence order, each as its stored encoding. */
 export async function listTaskEvents(
   db: Kysely<Database>,
   query: { taskId: string; afterSequence: number; limit: number; countTotal: boolean },
-): Promise<Page<TaskEvent>> {
+): Promise<Page<{ sequence: number; payload: Uint8Array }>> {
   const matching = db.selectFrom("events").where("task_id", "=", query.taskId);
   const rows = await matching
-    .select("payload")
+    .select(["sequence", "payload"])
     .where("sequence", ">", query.afterSequence)
     .orderBy("sequence")
     .limit(query.limit + 1)
     .execute();
   const fitting = fitBudget(rows.slice(0, query.limit), (row) => row.payload.length);
   return {
-    items: fitting.map((row) => fromBinary(TaskEventSchema, row.payload)),
+    items: fitting,
     more: rows.length > fitting.length,
     total: query.countTotal ? await count(matching) : undefined,
   };

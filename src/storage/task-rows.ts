@@ -1,7 +1,10 @@
-import { create, fromJson, fromJsonString, toJson, toJsonString, type JsonValue } from "@bufbuild/protobuf";
+import { create, fromJson, fromJsonString, toBinary, toJson, toJsonString, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
+import { WireType } from "@bufbuild/protobuf/wire";
 import { TaskErrorSchema, TaskSchema, TaskStatus, type Task, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
 import { durationFromMs, timestampFromMs } from "../domain/time.js";
+import { writeStructField, writeValueField } from "./json-wire.js";
+import { WireWriter } from "./wire-writer.js";
 import type { TaskRow } from "./schema.js";
 
 /** Converts a stored row into the Task message clients see. */
@@ -37,6 +40,137 @@ export function taskFromRow(row: TaskRow): Task {
       maxDelay: durationFromMs(row.max_retry_delay_ms),
     },
   });
+}
+
+/**
+ * The binary encoding of `taskFromRow(row)`, written straight from the row:
+ * decoding it gives exactly `taskFromRow(row)`. protobuf-es builds a message
+ * per JSON value and encodes by reflection, which made encoding most of a
+ * list call's time; this is about ten times faster. The tests check it
+ * against taskFromRow field by field, on random and edge rows.
+ */
+export function taskBytes(row: TaskRow): Uint8Array {
+  const w = new WireWriter(1024);
+  writeTask(w, row);
+  return w.finish();
+}
+
+/** Writes the content (no tag, no length) of the Task of `row`. */
+export function writeTask(w: WireWriter, row: TaskRow): void {
+  string(w, 1, row.task_id);
+  if (row.status !== 0) w.uint32(tag(2, Varint)).int32(row.status);
+  string(w, 3, row.tool_name);
+  string(w, 4, row.tool_call_id);
+  writeStructField(w, 5, jsonObject(row.args));
+  string(w, 6, row.agent_id);
+  string(w, 7, row.run_id);
+  string(w, 8, row.thread_id);
+  string(w, 9, row.resource_id);
+  if (row.result !== null) writeValueField(w, 10, JSON.parse(row.result) as JsonValue);
+  if (row.error !== null) writeError(w, 11, row.error);
+  timestamp(w, 12, row.create_time);
+  timestamp(w, 13, row.start_time);
+  timestamp(w, 14, row.suspend_time);
+  timestamp(w, 15, row.complete_time);
+  if (row.attempt !== 0) w.uint32(tag(16, Varint)).int32(row.attempt);
+  if (row.max_retries !== 0) w.uint32(tag(17, Varint)).int32(row.max_retries);
+  duration(w, 18, row.timeout_ms);
+  if (row.sequence !== 0) w.uint32(tag(19, Varint)).int64(row.sequence);
+  if (row.cancel_requested === 1) w.uint32(tag(20, Varint)).bool(true);
+  if (row.suspend_payload !== null) writeValueField(w, 21, JSON.parse(row.suspend_payload) as JsonValue);
+  if (row.resume_data !== null) writeValueField(w, 22, JSON.parse(row.resume_data) as JsonValue);
+  string(w, 23, row.worker_id);
+  if (row.status === TaskStatus.PENDING && row.ready_time > row.create_time) timestamp(w, 24, row.ready_time);
+  // RetryPolicy { initial_delay = 1; backoff_multiplier = 2; max_delay = 3; }
+  w.uint32(tag(25, LEN));
+  const policy = w.begin();
+  duration(w, 1, row.retry_delay_ms);
+  if (row.retry_backoff !== 0) w.uint32(tag(2, WireType.Bit64)).double(row.retry_backoff);
+  duration(w, 3, row.max_retry_delay_ms);
+  w.end(policy);
+}
+
+function jsonObject(json: string): JsonObject {
+  const value = JSON.parse(json) as JsonValue;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) throw new Error("args: not a JSON object");
+  return value;
+}
+
+const LEN = WireType.LengthDelimited;
+const Varint = WireType.Varint;
+const tag = (no: number, wireType: WireType) => (no << 3) | wireType;
+
+/** A proto3 string field: left out when empty. */
+function string(w: WireWriter, no: number, value: string): void {
+  if (value !== "") w.uint32(tag(no, LEN)).string(value);
+}
+
+/** A Timestamp field as timestampFromMs makes it: left out for 0 (not set). */
+function timestamp(w: WireWriter, no: number, ms: number): void {
+  if (ms !== 0) secondsAndNanos(w, no, ms);
+}
+
+/** A Duration field as durationFromMs makes it: always set. */
+function duration(w: WireWriter, no: number, ms: number): void {
+  secondsAndNanos(w, no, ms);
+}
+
+/** Timestamp and Duration alike: { int64 seconds = 1; int32 nanos = 2; }. */
+function secondsAndNanos(w: WireWriter, no: number, ms: number): void {
+  const seconds = Math.floor(ms / 1000);
+  const nanos = (ms % 1000) * 1_000_000;
+  w.uint32(tag(no, LEN));
+  const start = w.begin();
+  if (seconds !== 0) w.uint32(tag(1, Varint)).int64(seconds);
+  if (nanos !== 0) w.uint32(tag(2, Varint)).int32(nanos);
+  w.end(start);
+}
+
+/**
+ * Field `no` as the TaskError stored as protobuf JSON (errorToColumn wrote
+ * it: TaskError { message = 1; stack = 2; code = 3; retryable = 4;
+ * Struct details = 5; }). A column of any other shape takes protobuf-es's way.
+ */
+function writeError(w: WireWriter, no: number, json: string): void {
+  const error = JSON.parse(json) as unknown;
+  w.uint32(tag(no, LEN));
+  const start = w.begin();
+  if (!isPlainError(error)) {
+    w.raw(toBinary(TaskErrorSchema, fromJsonString(TaskErrorSchema, json)));
+  } else {
+    for (const key of Object.keys(error)) {
+      const value = error[key];
+      if (value === null) continue;
+      if (key === "retryable") {
+        if (value === true) w.uint32(tag(4, Varint)).bool(true);
+      } else if (key === "details") {
+        writeStructField(w, 5, value as JsonObject); // isPlainError checked it is an object
+      } else {
+        string(w, ERROR_STRING_FIELDS[key], value as string);
+      }
+    }
+  }
+  w.end(start);
+}
+
+const ERROR_STRING_FIELDS: Record<string, number> = { message: 1, stack: 2, code: 3 };
+
+/** A TaskError's JSON with only its own fields, each of the JSON type protobuf JSON gives it, each once. */
+function isPlainError(error: unknown): error is Record<string, JsonValue> {
+  if (typeof error !== "object" || error === null || Array.isArray(error)) return false;
+  for (const [key, value] of Object.entries(error)) {
+    if (value === null) continue;
+    if (Object.prototype.hasOwnProperty.call(ERROR_STRING_FIELDS, key)) {
+      if (typeof value !== "string") return false;
+    } else if (key === "retryable") {
+      if (typeof value !== "boolean") return false;
+    } else if (key === "details") {
+      if (typeof value !== "object" || Array.isArray(value)) return false;
+    } else {
+      return false;
+    }
+  }
+  return true;
 }
 
 /** A google.protobuf.Value as a JSON column, or null when absent. */
