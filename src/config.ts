@@ -8,6 +8,10 @@ export interface Settings {
   port: number;
   /** A SQLite file path or a postgres:// URL. */
   database: string;
+  /** PostgreSQL: connections in this server's pool. */
+  databasePoolSize: number;
+  /** PostgreSQL: the longest a call waits for a pool connection, connecting included. */
+  databaseConnectTimeoutMs: number;
   tlsCert?: string;
   tlsKey?: string;
   /** Lease length when a worker names none. */
@@ -71,6 +75,20 @@ export const SETTINGS: Record<keyof Settings, SettingSpec> = {
     help: "SQLite file path or postgres:// URL",
     default: "./data/taskstream.db",
     parse: String,
+  },
+  databasePoolSize: {
+    flag: "database-pool-size",
+    env: "TASKSTREAM_DATABASE_POOL_SIZE",
+    help: "PostgreSQL: connections in the pool (plus one for LISTEN)",
+    default: "10",
+    parse: positiveInt,
+  },
+  databaseConnectTimeoutMs: {
+    flag: "database-connect-timeout-ms",
+    env: "TASKSTREAM_DATABASE_CONNECT_TIMEOUT_MS",
+    help: "PostgreSQL: longest wait for a pool connection, connecting included; then UNAVAILABLE",
+    default: "5000",
+    parse: ms,
   },
   tlsCert: { flag: "tls-cert", env: "TASKSTREAM_TLS_CERT", help: "PEM certificate file; TLS needs it and --tls-key, or neither", default: "", parse: optional },
   tlsKey: { flag: "tls-key", env: "TASKSTREAM_TLS_KEY", help: "PEM private key file", default: "", parse: optional },

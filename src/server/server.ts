@@ -37,7 +37,7 @@ export interface TaskstreamServer {
 
 /** Opens storage, migrates it, and serves every protocol on one port. */
 export async function startServer(settings: Settings, logger: Logger = createLogger(settings.logLevel)): Promise<TaskstreamServer> {
-  const db = openDatabase(settings.database);
+  const db = openDatabase(settings.database, { poolSize: settings.databasePoolSize, connectTimeoutMs: settings.databaseConnectTimeoutMs });
   await migrateToLatest(db);
   const logSignal = new LogSignal();
   const pendingSignal = new LogSignal();

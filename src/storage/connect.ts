@@ -15,11 +15,19 @@ export interface Db {
   close(): Promise<void>;
 }
 
+/** How a PostgreSQL pool connects. */
+export interface PoolOptions {
+  /** Connections at most; default 10. */
+  poolSize?: number;
+  /** The longest a query waits for a connection, a new one's connect included; default 5000 ms. */
+  connectTimeoutMs?: number;
+}
+
 /** Opens a `postgres://` URL, or otherwise a SQLite file path (created with its folder). */
-export function openDatabase(location: string, options: { poolSize?: number; log?: KyselyConfig["log"] } = {}): Db {
+export function openDatabase(location: string, options: PoolOptions & { log?: KyselyConfig["log"] } = {}): Db {
   const { log } = options;
   const kysely = isPostgresUrl(location)
-    ? new Kysely<Database>({ dialect: new PostgresDialect({ pool: postgresPool(location, options.poolSize ?? 10) }), log })
+    ? new Kysely<Database>({ dialect: new PostgresDialect({ pool: postgresPool(location, options) }), log })
     : new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(sqliteDatabase(location)) }), log });
   const checkpointer = isPostgresUrl(location) || location === ":memory:" ? undefined : new SqliteCheckpointer(location);
   return {
@@ -41,10 +49,19 @@ export function describeLocation(location: string): string {
   return isPostgresUrl(location) ? location.replace(/\/\/([^:/@]+):[^@]*@/, "//$1:***@") : location;
 }
 
-function postgresPool(url: string, max: number): pg.Pool {
+function postgresPool(url: string, { poolSize = 10, connectTimeoutMs = 5000 }: PoolOptions): pg.Pool {
   const pool = new pg.Pool({
     connectionString: url,
-    max,
+    max: poolSize,
+    // Without it a call waits forever on a database that does not answer
+    // (packets dropped) or on a pool that never frees a connection; with it
+    // the call fails, and storage-errors answers UNAVAILABLE.
+    connectionTimeoutMillis: connectTimeoutMs,
+    // Probes connections that wait long (on a lock), so a dead peer is found
+    // and firewalls and NATs keep the flow. 0 would keep the OS's first probe
+    // after 2 hours, later than most idle timeouts on the way.
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 30_000,
     // BIGINT columns hold epoch milliseconds and sequences: well inside 2^53.
     types: {
       getTypeParser: ((oid: number, format?: "text" | "binary") =>
