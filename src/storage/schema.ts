@@ -8,6 +8,7 @@ export interface Database {
   tasks: TaskRow;
   events: EventRow;
   log_head: LogHeadRow;
+  task_counts: TaskCountRow;
 }
 
 export interface TaskRow {
@@ -89,4 +90,14 @@ export interface LogHeadRow {
    * still held. A stream cursor older than this has expired.
    */
   trimmed_through: number;
+}
+
+/**
+ * How many tasks have each status: the sum of n over a status's rows, kept
+ * exact by triggers on tasks (one row per status on SQLite; on PostgreSQL
+ * rows of +n / -n, folded now and then).
+ */
+export interface TaskCountRow {
+  status: number;
+  n: number | string;
 }

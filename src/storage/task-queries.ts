@@ -57,8 +57,26 @@ export async function listTasks(db: Kysely<Database>, query: TaskQuery): Promise
   return {
     items,
     more: rows.length > items.length,
-    total: query.countTotal ? await count(matching) : undefined,
+    total: query.countTotal ? await countTasks(db, query, matching) : undefined,
   };
+}
+
+/**
+ * total_size. Filtered by statuses alone, or not at all, it is read from
+ * task_counts, whatever the number of matches; other filters count the
+ * matching rows over their index.
+ */
+function countTasks(db: Kysely<Database>, query: TaskQuery, matching: SelectQueryBuilder<Database, "tasks", object>): Promise<number> {
+  const byStatusOnly = filterColumns(query.filter).length === 0 && query.filter.toolCallId === "" && !query.timeRange;
+  return byStatusOnly ? countByStatus(db, query.statuses) : count(matching);
+}
+
+/** How many tasks have one of these statuses (any status when none is given). */
+export async function countByStatus(db: Kysely<Database>, statuses: readonly number[]): Promise<number> {
+  let select = db.selectFrom("task_counts").select((eb) => eb.fn.sum<number | string | null>("n").as("n"));
+  if (statuses.length > 0) select = select.where("status", "in", statuses);
+  const row = await select.executeTakeFirstOrThrow();
+  return Number(row.n ?? 0);
 }
 
 /** One page of a task's events, in sequence order, each as its stored encoding. */
