@@ -20,7 +20,8 @@ export type ErrorReason =
   | "CURSOR_EXPIRED"
   | "CURSOR_AHEAD"
   | "CONCURRENCY_LIMIT"
-  | "SHUTTING_DOWN";
+  | "SHUTTING_DOWN"
+  | "STORAGE_UNAVAILABLE";
 
 /** Builds a ConnectError whose details hold an ErrorInfo with the reason and metadata. */
 export function taskstreamError(

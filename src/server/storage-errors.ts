@@ -1,7 +1,5 @@
-import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
-import { ERROR_DOMAIN } from "../errors.js";
+import { taskstreamError } from "../errors.js";
 import type { Logger } from "../log.js";
 
 // Failures that pass when the database is back, so a client should retry:
@@ -80,6 +78,5 @@ export function unavailableCause(err: unknown, depth = 0): { code?: string; mess
  */
 function storageUnavailable(cause: { code?: string; message?: string }): ConnectError {
   const metadata: Record<string, string> = cause.code ? { code: cause.code } : {};
-  const info = create(ErrorInfoSchema, { reason: "STORAGE_UNAVAILABLE", domain: ERROR_DOMAIN, metadata });
-  return new ConnectError(`storage unavailable: ${cause.message ?? cause.code}`, Code.Unavailable, undefined, [{ desc: ErrorInfoSchema, value: info }]);
+  return taskstreamError(Code.Unavailable, "STORAGE_UNAVAILABLE", `storage unavailable: ${cause.message ?? cause.code}`, metadata);
 }
