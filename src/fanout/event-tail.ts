@@ -1,6 +1,7 @@
 import type { Db } from "../storage/connect.js";
 import { logBounds, matchesFilter, readLogEntries, type EventFilter, type LogEntry } from "../storage/event-log.js";
-import { LogSignal } from "./log-signal.js";
+import type { LogSignal } from "./log-signal.js";
+import { StreamWaiters } from "./stream-waiters.js";
 
 export interface EventTailOptions {
   /** How many recent events stay in memory for subscribers to read. */
@@ -35,8 +36,7 @@ export class EventTail {
   private head = 0;
   private readonly stop = new AbortController();
   private running?: Promise<void>;
-  /** Wakes streams when the tail's head moves. */
-  readonly grew = new LogSignal();
+  private readonly waiters = new StreamWaiters();
 
   constructor(
     private readonly db: Db,
@@ -61,6 +61,24 @@ export class EventTail {
   /** The newest sequence the tail has read. */
   get lastSequence(): number {
     return this.head;
+  }
+
+  /**
+   * Waits until the tail holds an event after `position` that `filter`
+   * matches, at most timeoutMs. Resolves with where the stream's cursor may
+   * move without reading: `position` when something matched (or was already
+   * unread), else the head, since every event that arrived meanwhile was
+   * checked against the filter and none matched.
+   */
+  async waitFor(position: number, filter: EventFilter, timeoutMs: number, signal?: AbortSignal): Promise<number> {
+    if (position < this.head) return position;
+    const matched = await this.waiters.wait(position, filter, timeoutMs, signal);
+    return matched || signal?.aborted ? position : Math.max(position, this.head);
+  }
+
+  /** Streams parked in waitFor, for gauges and leak checks. */
+  get waiterCount(): number {
+    return this.waiters.count;
   }
 
   get windowLength(): number {
@@ -113,7 +131,7 @@ export class EventTail {
       const full = entries.length === this.options.readBatch;
       this.head = full ? entries[entries.length - 1].sequence : target;
       this.trim();
-      this.grew.notify(this.head);
+      this.waiters.arrived(entries);
     }
   }
 

@@ -5,7 +5,7 @@ import type { ServiceDeps } from "../service/deps.js";
 export function metricsText(deps: ServiceDeps): string {
   const gauges: [string, string, number][] = [
     ["taskstream_streams_active", "Open StreamTasks calls.", deps.gauges.activeStreams],
-    ["taskstream_stream_waiters", "Streams parked waiting for the log to grow.", deps.tail.grew.waiterCount],
+    ["taskstream_stream_waiters", "Streams parked waiting for the log to grow.", deps.tail.waiterCount],
     ["taskstream_log_last_sequence", "The newest event sequence this process has read.", deps.tail.lastSequence],
     ["taskstream_tail_window_events", "Recent events kept in memory for streams.", deps.tail.windowLength],
     ["taskstream_claim_waiters", "ClaimTasks calls long-polling for work.", deps.pendingSignal.waiterCount],

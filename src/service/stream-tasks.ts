@@ -69,7 +69,7 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
           lastSent = Date.now();
           continue;
         }
-        await deps.tail.grew.next(untilHeartbeat, ctx.signal);
+        position = await deps.tail.waitFor(position, filter, untilHeartbeat, ctx.signal);
       }
     } finally {
       ctx.signal.removeEventListener("abort", release);
