@@ -3,6 +3,7 @@ import type { Db } from "./connect.js";
 import * as initial from "./migrations/2026-11-24T0720-initial.js";
 import * as execution from "./migrations/2026-11-24T0810-execution.js";
 import * as taskCounts from "./migrations/2026-11-24T1110-task-counts.js";
+import * as filterStatusIndexes from "./migrations/2026-11-24T1140-filter-status-indexes.js";
 
 /** Brings the schema up to date; safe to run at every start, by every replica. */
 export async function migrateToLatest(db: Db): Promise<void> {
@@ -20,6 +21,7 @@ function provider(db: Db): MigrationProvider {
     "2026-11-24T0720-initial": { up: (k) => initial.up(k, db.dialect) },
     "2026-11-24T0810-execution": { up: (k) => execution.up(k) },
     "2026-11-24T1110-task-counts": { up: (k) => taskCounts.up(k, db.dialect) },
+    "2026-11-24T1140-filter-status-indexes": { up: (k) => filterStatusIndexes.up(k, db.dialect) },
   };
   return { getMigrations: async () => migrations };
 }
