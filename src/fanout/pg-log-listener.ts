@@ -1,5 +1,6 @@
 import pg from "pg";
 import type { Logger } from "../log.js";
+import { pgConnectionOptions } from "../storage/connect.js";
 import type { LogSignal } from "./log-signal.js";
 
 /** The channel every replica notifies after a commit that appended events. */
@@ -19,6 +20,11 @@ export interface ListenerEvents {
   onConnection(up: boolean): void;
 }
 
+export interface ListenerOptions {
+  /** The longest one connect attempt may take before it fails and is retried; default 5000 ms. */
+  connectTimeoutMs?: number;
+}
+
 /**
  * Hears, over PostgreSQL LISTEN/NOTIFY, that any replica grew the log, and
  * wakes this process's tail and claimers. On a lost connection it reconnects
@@ -34,6 +40,7 @@ export class PgLogListener {
     private readonly signals: { log: LogSignal; pending: LogSignal },
     private readonly events: ListenerEvents,
     private readonly logger: Logger,
+    private readonly options: ListenerOptions = {},
   ) {}
 
   start(): void {
@@ -48,7 +55,10 @@ export class PgLogListener {
   private async loop(): Promise<void> {
     let backoffMs = 100;
     while (!this.stop.signal.aborted) {
-      const client = new pg.Client({ connectionString: this.url });
+      // The pool's connect timeout and keepalive: a reconnect into a database
+      // that accepts TCP but never answers fails and is retried instead of
+      // hanging, and a dead peer of an idle LISTEN connection is found.
+      const client = new pg.Client({ connectionString: this.url, ...pgConnectionOptions(this.options.connectTimeoutMs) });
       // A dying connection can emit several errors; an unheard one ends the process.
       client.on("error", () => {});
       const lost = new Promise<unknown>((resolve) => {

@@ -52,7 +52,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
   const store = new TaskStore(db, { log: logSignal, pending: pendingSignal }, limits);
   const maintenance = startMaintenance(store, settings, logger);
   const health = new HealthStatus([TaskService.typeName, WorkerService.typeName]);
-  const listener = db.dialect === "postgres" ? listenForOtherReplicas(settings.database, { log: logSignal, pending: pendingSignal }, health, logger) : undefined;
+  const listener = db.dialect === "postgres" ? listenForOtherReplicas(settings, { log: logSignal, pending: pendingSignal }, health, logger) : undefined;
   const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0 }, settings };
 
   const shutdown = new AbortController();
@@ -96,12 +96,14 @@ export async function startServer(settings: Settings, logger: Logger = createLog
  * On PostgreSQL, other replicas write too: LISTEN for their commits, and
  * report NOT_SERVING on health while the database cannot be reached.
  */
-function listenForOtherReplicas(url: string, signals: { log: LogSignal; pending: LogSignal }, health: HealthStatus, logger: Logger) {
+function listenForOtherReplicas(settings: Settings, signals: { log: LogSignal; pending: LogSignal }, health: HealthStatus, logger: Logger) {
   const serving = (up: boolean) => {
     const status = up ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
     for (const service of [OVERALL, TaskService.typeName, WorkerService.typeName]) health.set(service, status);
   };
-  const listener = new PgLogListener(url, signals, { onConnection: serving }, logger);
+  const listener = new PgLogListener(settings.database, signals, { onConnection: serving }, logger, {
+    connectTimeoutMs: settings.databaseConnectTimeoutMs,
+  });
   listener.start();
   return listener;
 }

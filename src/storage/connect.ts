@@ -23,6 +23,27 @@ export interface PoolOptions {
   connectTimeoutMs?: number;
 }
 
+/** The default of --database-connect-timeout-ms. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
+
+/**
+ * How every PostgreSQL connection taskstream opens connects and stays alive:
+ * the pool's and the LISTEN connection's alike.
+ */
+export function pgConnectionOptions(connectTimeoutMs = DEFAULT_CONNECT_TIMEOUT_MS) {
+  return {
+    // Without it a connect to a database that accepts TCP but never answers
+    // (packets dropped) waits forever; with it the attempt fails. In a pool
+    // it also bounds the wait for a busy pool to free a connection.
+    connectionTimeoutMillis: connectTimeoutMs,
+    // Probes connections that wait long (on a lock, or LISTENing), so a dead
+    // peer is found and firewalls and NATs keep the flow. 0 would keep the
+    // OS's first probe after 2 hours, later than most idle timeouts on the way.
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 30_000,
+  } satisfies pg.ClientConfig;
+}
+
 /** Opens a `postgres://` URL, or otherwise a SQLite file path (created with its folder). */
 export function openDatabase(location: string, options: PoolOptions & { log?: KyselyConfig["log"] } = {}): Db {
   const { log } = options;
@@ -49,19 +70,13 @@ export function describeLocation(location: string): string {
   return isPostgresUrl(location) ? location.replace(/\/\/([^:/@]+):[^@]*@/, "//$1:***@") : location;
 }
 
-function postgresPool(url: string, { poolSize = 10, connectTimeoutMs = 5000 }: PoolOptions): pg.Pool {
+function postgresPool(url: string, { poolSize = 10, connectTimeoutMs }: PoolOptions): pg.Pool {
   const pool = new pg.Pool({
     connectionString: url,
     max: poolSize,
-    // Without it a call waits forever on a database that does not answer
-    // (packets dropped) or on a pool that never frees a connection; with it
-    // the call fails, and storage-errors answers UNAVAILABLE.
-    connectionTimeoutMillis: connectTimeoutMs,
-    // Probes connections that wait long (on a lock), so a dead peer is found
-    // and firewalls and NATs keep the flow. 0 would keep the OS's first probe
-    // after 2 hours, later than most idle timeouts on the way.
-    keepAlive: true,
-    keepAliveInitialDelayMillis: 30_000,
+    // A call that gets no connection in time fails, and storage-errors
+    // answers UNAVAILABLE, rather than waiting forever.
+    ...pgConnectionOptions(connectTimeoutMs),
     // BIGINT columns hold epoch milliseconds and sequences: well inside 2^53.
     types: {
       getTypeParser: ((oid: number, format?: "text" | "binary") =>
