@@ -14,12 +14,13 @@ export interface ServerProcess {
 }
 
 /**
- * Spawns `node [nodeFlags] bin/taskstream.js serve [args]` and waits for its
+ * Spawns `node [nodeFlags] bin/taskstream.js serve --shutdown-drain-ms 0 [args]` and waits for its
  * "taskstream listening" JSON log line. Error log lines are passed through.
  */
 export function spawnServer(nodeFlags: string[], args: string[], timeoutMs = 60_000): Promise<ServerProcess> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...nodeFlags, "bin/taskstream.js", "serve", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    // stop() sends SIGTERM: no drain, or every stop would wait out its 5 s default.
+    const child = spawn(process.execPath, [...nodeFlags, "bin/taskstream.js", "serve", "--shutdown-drain-ms", "0", ...args], { stdio: ["ignore", "pipe", "pipe"] });
     const exited = new Promise<void>((r) => child.once("exit", () => r()));
     let stderr = "";
     child.stderr!.on("data", (d: Buffer) => {

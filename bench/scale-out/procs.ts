@@ -17,13 +17,14 @@ export interface ReplicaProcess {
 }
 
 /**
- * Spawns `node bin/taskstream.js serve --port 0 --database <url> --log-level info`
+ * Spawns `node bin/taskstream.js serve --port 0 --database <url> --log-level info --shutdown-drain-ms 0`
  * (as test/support/replica.ts does) and waits for its "taskstream listening"
  * JSON line. Warnings and errors the replica logs are passed through to stderr.
  */
 export function startReplicaProcess(name: string, database: string, flags: string[] = [], timeoutMs = 60_000): Promise<ReplicaProcess> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["bin/taskstream.js", "serve", "--port", "0", "--database", database, "--log-level", "info", ...flags], {
+    // stop() sends SIGTERM: no drain, or every stop would wait out its 5 s default.
+    const child = spawn(process.execPath, ["bin/taskstream.js", "serve", "--port", "0", "--database", database, "--log-level", "info", "--shutdown-drain-ms", "0", ...flags], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     const exited = new Promise<void>((r) => child.once("exit", () => r()));

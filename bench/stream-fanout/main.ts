@@ -151,6 +151,8 @@ class Producer {
  */
 function startTaskstream(database: string, nodeFlags: string[] = []): Promise<Spawned> {
   const args = [...nodeFlags, join(root, "bin", "taskstream.js"), "serve", "--port", "0", "--database", database, "--log-level", "info"];
+  // Spawned.stop() sends SIGTERM: no drain, or every stop would wait out its 5 s default.
+  args.push("--shutdown-drain-ms", "0");
   args.push("--max-lease-ms", String(DAY_MS), "--max-task-timeout-ms", String(DAY_MS));
   return spawnServer(process.execPath, args, "taskstream listening", "taskstream");
 }
