@@ -161,11 +161,15 @@ function sectionText(info: RunInfo, blocks: Record<Dialect, string | undefined>)
       "which runs in the same process as the client: both share one event loop, so a call's time includes the " +
       "client's decoding. **storage** is `listTasks` / `getTask` from `src/storage/task-queries.ts` called directly " +
       "on the server's own database handle, as the handler calls it. **no COUNT** is the same first-page call without " +
-      "the `COUNT(*)` for `total_size`; the difference is what that COUNT costs.",
+      "`total_size`; the difference is what counting costs.",
     "- **n** is the number of timed calls: 1000, or fewer when a case's calls are slow (each way of calling a case " +
       "stops after 15 s once it has 200).",
-    "- A first page computes `total_size` with `COUNT(*)` over every matching task. Later pages carry the " +
-      "first page's total in their token and run no COUNT, so their storage column is the page query alone.",
+    "- A first page reports `total_size`. Filtered by statuses alone, or not at all, it reads it from `task_counts`, " +
+      "which triggers keep exact per status; with any other filter it runs `COUNT(*)` over the matching tasks' index. " +
+      "Later pages carry the first page's total in their token and count nothing, so their storage column is the page query alone.",
+    "- Binary calls (gRPC here) get each task written straight from its row, JSON columns transcoded to " +
+      "`Struct`/`Value` wire bytes, and sent verbatim by protobuf-es; the breakdown's **encode** step is that, " +
+      "for a whole response.",
     "- The unfiltered deep page is reached by following `next_page_token` from the first page 10,000 times, once; " +
       "that token is then fetched again and again. The filtered deep page is measured on storage only (see its walk below). " +
       "Filtered cases marked \"in turn\" rotate their filter value call by call; **matches** then gives the median and " +
