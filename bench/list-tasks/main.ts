@@ -89,7 +89,10 @@ async function runDialect(dialect: Dialect): Promise<DialectReport> {
     const nowMs = Date.now();
     // A larger young generation halves the garbage collector's share of making 1M rows.
     const seed = await inChild<SeedResult>("seed-child.ts", { location, tasks, nowMs } satisfies SeedRequest, ["--max-semi-space-size=64"]);
-    console.error(`  seeding ${(seed.seedMs / 1000).toFixed(1)} s, statistics ${(seed.analyzeMs / 1000).toFixed(1)} s`);
+    console.error(
+      `  seeding ${(seed.seedMs / 1000).toFixed(1)} s, statistics ${(seed.analyzeMs / 1000).toFixed(1)} s` +
+        (seed.flushMs !== undefined ? `, fsync ${(seed.flushMs / 1000).toFixed(1)} s` : ""),
+    );
     const measured = await inChild<MeasureResult>("measure-child.ts", {
       location,
       tasks,

@@ -84,7 +84,8 @@ export function dialectBlock(report: DialectReport, info: RunInfo): string {
     `\`${info.command}\` on ${info.date}; ${info.machine}; ${m.engineVersion}.`,
     "",
     `- ${report.tasks.toLocaleString("en-US")} tasks seeded in ${s(seed.seedMs / 1000)} (${seed.insertStatement}), ` +
-      `${report.dialect === "sqlite" ? "ANALYZE" : "VACUUM (ANALYZE)"} ${s(seed.analyzeMs / 1000)}.`,
+      `${report.dialect === "sqlite" ? "ANALYZE" : "VACUUM (ANALYZE)"} ${s(seed.analyzeMs / 1000)}` +
+      `${seed.flushMs !== undefined ? `, the file written to disk (fsync) before measuring ${s(seed.flushMs / 1000)}` : ""}.`,
     `- Database size ${mb(seed.dbBytes)}${seed.tasksBytes ? ` (tasks with its indexes ${mb(seed.tasksBytes)})` : ""}` +
       `${seed.allVisible !== undefined ? `; ${(seed.allVisible * 100).toFixed(1)}% of the table's pages all-visible after VACUUM (index-only scans skip the heap there)` : ""}.`,
     `- RSS of the bench process, which runs the server in-process together with the gRPC client: ` +
