@@ -17,7 +17,9 @@ import { HealthStatus, OVERALL } from "./health.js";
 import { listen } from "./listener.js";
 import { fallbackHandler } from "./metrics.js";
 import { storageErrorConverter, storageErrors } from "./storage-errors.js";
-import { withGrpcStreamTasks } from "./grpc-stream-tasks.js";
+import { withGrpcFastPath } from "./grpc-fast-path.js";
+import { taskService } from "../service/task-service.js";
+import { workerService } from "../service/worker-service.js";
 import { routes } from "./routes.js";
 
 /** gRPC clients refuse messages over 4 MiB by default; the server holds to the same. */
@@ -66,11 +68,14 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     fallback: fallbackHandler(deps),
     interceptors: [storageErrors(logger)],
   });
-  const handler = withGrpcStreamTasks(connectHandler, deps, {
-    maxMessageBytes: MAX_MESSAGE_BYTES,
-    shutdownSignal: shutdown.signal,
-    toConnectError: storageErrorConverter(logger),
-  });
+  const handler = withGrpcFastPath(
+    connectHandler,
+    [
+      [TaskService, taskService(deps)],
+      [WorkerService, workerService(deps)],
+    ],
+    { maxMessageBytes: MAX_MESSAGE_BYTES, compressMinBytes: COMPRESS_MIN_BYTES, shutdownSignal: shutdown.signal, toConnectError: storageErrorConverter(logger) },
+  );
   const tls = settings.tlsCert && settings.tlsKey ? { certFile: settings.tlsCert, keyFile: settings.tlsKey } : undefined;
   const server = await listen(handler, { host: settings.host, port: settings.port, tls });
   const url = `${tls ? "https" : "http"}://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${server.port}`;
