@@ -157,7 +157,7 @@ function sectionText(info: RunInfo, blocks: Record<Dialect, string | undefined>)
     "",
     "How to read the tables:",
     "",
-    "- Calls are sequential, after a warm-up. **gRPC** is the whole call from a connect-node gRPC client " +
+    "- Calls are sequential, after a warm-up of the server (1000 first-page calls with gzip and 1000 without, by default) and of each case (100 calls). **gRPC** is the whole call from a connect-node gRPC client " +
       "(HTTP/2, accepting gzip as the default client does; responses over 1 KiB come back gzipped) to the server, " +
       "which runs in the same process as the client: both share one event loop, so a call's time includes the " +
       "client's decoding. **storage** is `listTasks` / `getTask` from `src/storage/task-queries.ts` called directly " +
