@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { sql, type Kysely } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/taskstream/v1/task_pb.js";
@@ -8,6 +7,7 @@ import * as execution from "../src/storage/migrations/2026-11-24T0810-execution.
 import * as taskCounts from "../src/storage/migrations/2026-11-24T1110-task-counts.js";
 import type { Database, TaskRow } from "../src/storage/schema.js";
 import { countByStatus } from "../src/storage/task-queries.js";
+import { taskRow } from "./support/task-row.js";
 import { DIALECTS, freshDatabase, startTestServer, type TestServer } from "./support/test-server.js";
 
 /**
@@ -37,41 +37,14 @@ async function expectExact(db: Db, when: string) {
   return counted;
 }
 
-function taskRow(i: number, status: TaskStatus): TaskRow {
-  return {
-    task_id: randomUUID(),
-    request_id: null,
+function countedRow(i: number, status: TaskStatus): TaskRow {
+  return taskRow({
     status,
     tool_name: `tool-${i % 3}`,
-    tool_call_id: "",
     agent_id: `agent-${i % 5}`,
-    run_id: "",
-    thread_id: "",
-    resource_id: "",
-    args: "{}",
-    result: null,
-    error: null,
     create_time: 1_000_000 + i,
-    start_time: 0,
-    suspend_time: 0,
     complete_time: status >= TaskStatus.COMPLETED ? 2_000_000 + i : 0,
-    attempt: 0,
-    max_retries: 0,
-    timeout_ms: 60_000,
-    sequence: 0,
-    cancel_requested: 0,
-    cancel_reason: "",
-    suspend_payload: null,
-    resume_data: null,
-    worker_id: "",
-    lease_id: "",
-    lease_expire_time: 0,
-    ready_time: 0,
-    timeout_time: 0,
-    retry_delay_ms: 1000,
-    retry_backoff: 2,
-    max_retry_delay_ms: 60_000,
-  };
+  });
 }
 
 for (const dialect of DIALECTS) {
@@ -83,13 +56,13 @@ for (const dialect of DIALECTS) {
         const k = db.kysely as unknown as Kysely<unknown>;
         await initial.up(k, dialect);
         await execution.up(k);
-        const rows = Array.from({ length: 2000 }, (_, i) => taskRow(i, STATUSES[(i * i) % 7]));
+        const rows = Array.from({ length: 2000 }, (_, i) => countedRow(i, STATUSES[(i * i) % 7]));
         for (let i = 0; i < rows.length; i += 500) await db.kysely.insertInto("tasks").values(rows.slice(i, i + 500)).execute();
         await taskCounts.up(k, dialect);
         const before = await expectExact(db, "after the backfill");
         expect(Object.values(before).reduce((a, b) => a + b)).toBe(2000);
 
-        await db.kysely.insertInto("tasks").values(Array.from({ length: 300 }, (_, i) => taskRow(5000 + i, TaskStatus.PENDING))).execute();
+        await db.kysely.insertInto("tasks").values(Array.from({ length: 300 }, (_, i) => countedRow(5000 + i, TaskStatus.PENDING))).execute();
         await expectExact(db, "after a multi-row insert");
         await db.kysely.updateTable("tasks").set({ status: TaskStatus.RUNNING }).where("status", "=", TaskStatus.PENDING).where("agent_id", "=", "agent-1").execute();
         await expectExact(db, "after a multi-row status update");

@@ -5,6 +5,8 @@ import { TaskSchema, TaskStatus, type Task } from "../gen/taskstream/v1/task_pb.
 import type { TaskRow } from "../src/storage/schema.js";
 import { taskBytes, taskFromRow } from "../src/storage/task-rows.js";
 import { WireWriter } from "../src/storage/wire-writer.js";
+import { prng } from "../bench/list-tasks/data.js";
+import { taskRow } from "./support/task-row.js";
 import { DIALECTS, PROTOCOLS, startTestServer, type TestServer } from "./support/test-server.js";
 
 /**
@@ -13,17 +15,6 @@ import { DIALECTS, PROTOCOLS, startTestServer, type TestServer } from "./support
  * exactly what taskFromRow gives, and every protocol must see the same tasks.
  */
 
-/** mulberry32 */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const EDGE_STRINGS = [
   "",
@@ -71,9 +62,8 @@ function randomObject(random: () => number, depth: number): { [k: string]: JsonV
 }
 
 function row(overrides: Partial<TaskRow> = {}): TaskRow {
-  return {
+  return taskRow({
     task_id: "6f1c2d3e-0000-4000-8000-000000000001",
-    request_id: null,
     status: TaskStatus.COMPLETED,
     tool_name: "web-search",
     tool_call_id: "call-1",
@@ -83,29 +73,16 @@ function row(overrides: Partial<TaskRow> = {}): TaskRow {
     resource_id: "res-1",
     args: JSON.stringify({ query: "tide tables" }),
     result: JSON.stringify({ high: "06:12" }),
-    error: null,
     create_time: 1_794_214_783_190,
     start_time: 1_794_214_783_999,
-    suspend_time: 0,
     complete_time: 1_794_214_790_001,
     attempt: 1,
     max_retries: 3,
-    timeout_ms: 60_000,
     sequence: 42,
-    cancel_requested: 0,
-    cancel_reason: "",
-    suspend_payload: null,
-    resume_data: null,
     worker_id: "worker-1",
     lease_id: "lease-1",
-    lease_expire_time: 0,
-    ready_time: 0,
-    timeout_time: 0,
-    retry_delay_ms: 1000,
-    retry_backoff: 2,
-    max_retry_delay_ms: 60_000,
     ...overrides,
-  };
+  });
 }
 
 function randomRow(random: () => number, i: number): TaskRow {
