@@ -44,7 +44,7 @@ interface Route {
  * trailers; a stream's event frames (stored bytes behind the 5-byte prefix)
  * are built once, shared by every stream, and the frames of one event-loop
  * turn leave in one corked write. Unary answers are gzipped as connect-node
- * would; streamed ones are not, which keeps their frames shareable.
+ * would (at level 1); streamed ones are not, which keeps their frames shareable.
  */
 export function withGrpcFastPath(next: Handler, services: [DescService, object][], options: GrpcFastPathOptions): Handler {
   const routes = new Map<string, Route>();
@@ -101,7 +101,8 @@ async function serve(
       // Like connect-node: gzip what is worth it, for a client that accepts it.
       const gzip = message.length >= options.compressMinBytes && /\bgzip\b/.test(String(req.headers["grpc-accept-encoding"] ?? ""));
       if (!stream.closed) res.writeHead(200, gzip ? { ...headers, "grpc-encoding": "gzip" } : headers);
-      await writer.write(gzip ? frame(await gzipAsync(message), true) : frame(message), ctx.signal);
+      // Level 1: half the time of the default level on a list page, for ~8% more bytes.
+      await writer.write(gzip ? frame(await gzipAsync(message, { level: 1 }), true) : frame(message), ctx.signal);
     } else {
       res.writeHead(200, headers);
       for await (const response of (route.impl as StreamHandler)(request, ctx)) {
