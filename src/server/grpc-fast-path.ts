@@ -151,16 +151,22 @@ async function readRequest(req: http2.Http2ServerRequest, method: AnyMethod, max
   }
 }
 
-// StreamTasks shares one response object per event among its streams
+// StreamTasks shares one response message per event among its streams
 // (stream-tasks.ts), so the frames of those are shared too.
 const frames = new WeakMap<object, Buffer>();
 
-/** A streamed response's frame: StreamTasks' shared event responses are framed once. */
+/**
+ * A streamed response's frame. Only messages are kept: the shared event
+ * responses are; a heartbeat or snapshot_complete is a fresh plain object,
+ * sent once.
+ */
 function sharedFrame(method: AnyMethod, response: unknown): Buffer {
-  const cached = frames.get(response as object);
-  if (cached) return cached;
-  const framed = frame(messageBytes(method, response));
-  frames.set(response as object, framed);
+  if (!isMessage(response, method.output)) return frame(messageBytes(method, response));
+  let framed = frames.get(response);
+  if (!framed) {
+    framed = frame(messageBytes(method, response));
+    frames.set(response, framed);
+  }
   return framed;
 }
 

@@ -15,6 +15,9 @@ export function transactionPerWork(db: Kysely<Database>): Writer {
   return { run: (work) => db.transaction().execute(work) };
 }
 
+/** How one unit of a batch ended. */
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
 interface Queued {
   work: WriteWork<unknown>;
   resolve(value: unknown): void;
@@ -65,7 +68,7 @@ export class GroupCommit implements Writer {
   }
 
   private async commit(batch: Queued[]): Promise<void> {
-    const outcomes: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
+    const outcomes: Outcome[] = [];
     try {
       await this.db.transaction().execute(async (trx) => {
         // A lone unit needs no savepoint: its failure rolls back the transaction.
@@ -85,10 +88,7 @@ export class GroupCommit implements Writer {
   }
 }
 
-async function inSavepoint(
-  trx: Transaction<Database>,
-  work: WriteWork<unknown>,
-): Promise<{ ok: true; value: unknown } | { ok: false; error: unknown }> {
+async function inSavepoint(trx: Transaction<Database>, work: WriteWork<unknown>): Promise<Outcome> {
   await sql`savepoint unit`.execute(trx);
   try {
     const value = await work(trx);
