@@ -103,6 +103,10 @@ function sqliteDatabase(path: string): BetterSqlite3.Database {
   // connection checkpoints (and waits on the disk) only if that falls far behind.
   db.pragma("wal_autocheckpoint = 10000");
   db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`);
+  // Statement journals (each statement that may need undoing alone, such as
+  // one firing the task_counts triggers) in memory, not in temporary files:
+  // a task-row insert or status update took twice as long with them on disk.
+  db.pragma("temp_store = MEMORY");
   return db;
 }
 

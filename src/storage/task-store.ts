@@ -9,7 +9,7 @@ import { canRetry, retryDelayMs } from "../domain/retry.js";
 import { requireLease, requireStatus } from "../domain/transitions.js";
 import { durationFromMs, timestampFromMs } from "../domain/time.js";
 import { taskNotFound, taskstreamError } from "../errors.js";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { LogSignal } from "../fanout/log-signal.js";
 import { LOG_CHANNEL, notificationPayload } from "../fanout/pg-log-listener.js";
 import type { Db } from "./connect.js";
@@ -52,6 +52,27 @@ export interface Lease {
 export interface LeasedTask {
   task: TaskRow;
   lease: Lease;
+}
+
+/** What one dispatch made: the task, whether this call created it, and the caller's lease when it claimed. */
+export interface Dispatched {
+  task: TaskRow;
+  created: boolean;
+  lease?: Lease;
+}
+
+/**
+ * How one item of a batch ended: its value, or the refusal (a ConnectError
+ * with its ErrorInfo) that item alone would have got. Any other error fails
+ * the whole batch.
+ */
+export type ItemOutcome<T> = { ok: true; value: T } | { ok: false; error: ConnectError };
+
+/** A worker's report on one task it holds. */
+export interface LeasedItem<T> {
+  taskId: string;
+  leaseId: string;
+  value: T;
 }
 
 /** One step of a change: columns to set, and the event it appends, if any. */
@@ -97,7 +118,7 @@ export class TaskStore {
    * request_id (or agent_id + tool_call_id) created. With `claim`, the new task
    * starts RUNNING, leased to the caller.
    */
-  async dispatch(input: NewTask, claim?: ClaimBy): Promise<{ task: TaskRow; created: boolean; lease?: Lease }> {
+  async dispatch(input: NewTask, claim?: ClaimBy): Promise<Dispatched> {
     const { task, created } = await this.transaction(async (tx) => {
       // Insert first, look up only on a conflict: the common dispatch is new.
       const pending = newTaskRow(input, tx.now);
@@ -120,6 +141,21 @@ export class TaskStore {
     // A retried dispatch-with-claim gets its lease back while the same worker holds it.
     const holdsLease = claim && task.status === TaskStatus.RUNNING && task.worker_id === claim.workerId;
     return { task, created, lease: holdsLease ? leaseOf(task) : undefined };
+  }
+
+  /** Dispatches each input as `dispatch` would, in one transaction where the database allows. */
+  async dispatchMany(items: { input: NewTask; claim?: ClaimBy }[]): Promise<ItemOutcome<Dispatched>[]> {
+    return settle(items.map(({ input, claim }) => this.dispatch(input, claim)));
+  }
+
+  /** Completes each task as `complete` would. */
+  async completeMany(items: LeasedItem<Value | undefined>[]): Promise<ItemOutcome<TaskRow>[]> {
+    return settle(items.map((item) => this.complete(item.taskId, item.leaseId, item.value)));
+  }
+
+  /** Fails each task as `fail` would. */
+  async failMany(items: LeasedItem<TaskError>[]): Promise<ItemOutcome<TaskRow>[]> {
+    return settle(items.map((item) => this.fail(item.taskId, item.leaseId, item.value)));
   }
 
   /** Leases up to maxTasks pending tasks of the given tools (any when empty), oldest first. */
@@ -524,6 +560,16 @@ export interface RetentionAges {
 function cancelStep(reason: string, now: number, error: string | null): Step {
   const set = { status: TaskStatus.CANCELLED, complete_time: now, cancel_reason: reason, error };
   return { set, event: { case: "cancelled", value: { reason } } };
+}
+
+/** Each item's value or refusal; an error that is not a refusal (storage failing) rejects the whole. */
+async function settle<T>(items: Promise<T>[]): Promise<ItemOutcome<T>[]> {
+  const settled = await Promise.allSettled(items);
+  return settled.map((item) => {
+    if (item.status === "fulfilled") return { ok: true, value: item.value };
+    if (item.reason instanceof ConnectError) return { ok: false, error: item.reason };
+    throw item.reason;
+  });
 }
 
 function leaseOf(task: TaskRow): Lease {
