@@ -3,6 +3,7 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { sql, type Kysely, type Transaction } from "kysely";
 import { TaskEventSchema, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
 import { timestampFromMs } from "../domain/time.js";
+import { binaryChunks } from "./batch-statements.js";
 import type { Database, EventRow, TaskRow } from "./schema.js";
 
 /** The payload of one event: which oneof case, and its message. */
@@ -32,7 +33,7 @@ export async function appendEvents(
     .executeTakeFirstOrThrow();
   const first = head.last_sequence - entries.length + 1;
   const events = entries.map(({ task, kind }, i) => eventFor(task, kind, first + i, now));
-  await trx.insertInto("events").values(events.map((event) => eventRow(event, now))).execute();
+  for (const chunk of binaryChunks(events)) await trx.insertInto("events").values(chunk.map((event) => eventRow(event, now))).execute();
   return events;
 }
 

@@ -12,7 +12,8 @@ import { taskNotFound, taskstreamError } from "../errors.js";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { LogSignal } from "../fanout/log-signal.js";
 import { LOG_CHANNEL, notificationPayload } from "../fanout/pg-log-listener.js";
-import type { Db } from "./connect.js";
+import type { Db, DialectName } from "./connect.js";
+import { binaryChunks, insertNewTaskRows, updateTaskRows } from "./batch-statements.js";
 import { appendEvents, runningKind, type EventKind } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
 import { GroupCommit, transactionPerWork, type Writer } from "./group-commit.js";
@@ -84,6 +85,7 @@ interface Step {
 /** One write transaction: its clock reading, the newest sequence it appended, and whether it queued work. */
 interface Tx {
   trx: Transaction<Database>;
+  dialect: DialectName;
   now: number;
   newestSequence: number;
   madePending: boolean;
@@ -131,7 +133,7 @@ export class TaskStore {
       if (!inserted) return { task: (await findDuplicate(tx.trx, input))!, created: false };
       const slots = await this.slotCounts(tx, input.backpressure === "reject", pending.task_id);
       if (input.backpressure === "reject" && slots && !slots.hasSlot(input.agentId)) throw noSlot(input.agentId, this.limits);
-      const steps: Step[] = [{ set: { status: TaskStatus.PENDING }, event: { case: "queued", value: queuedEvent(pending) } }];
+      const steps: Step[] = [queuedStep(pending)];
       // A self-claimed dispatch runs at once only in a free slot; otherwise it queues.
       if (claim && (slots ?? (await this.slotCounts(tx, false)))?.hasSlot(input.agentId) !== false) {
         steps.push(startRunning(pending, claim, tx.now));
@@ -143,19 +145,39 @@ export class TaskStore {
     return { task, created, lease: holdsLease ? leaseOf(task) : undefined };
   }
 
-  /** Dispatches each input as `dispatch` would, in one transaction where the database allows. */
+  /**
+   * Dispatches each input as `dispatch` would, in one transaction whose rows
+   * and events share their statements. With concurrency limits, or claims,
+   * each dispatch decides against the slots the earlier ones took, one by one.
+   */
   async dispatchMany(items: { input: NewTask; claim?: ClaimBy }[]): Promise<ItemOutcome<Dispatched>[]> {
-    return settle(items.map(({ input, claim }) => this.dispatch(input, claim)));
+    if (hasLimits(this.limits) || items.some((item) => item.claim)) {
+      return settle(items.map(({ input, claim }) => this.dispatch(input, claim)));
+    }
+    return this.transaction(async (tx) => {
+      const rows = items.map(({ input }) => newTaskRow(input, tx.now));
+      const inserted = await insertNewTaskRows(tx.trx, rows);
+      const created = rows.filter((row) => inserted.has(row.task_id));
+      const queued = await applyAll(tx, created.map((task) => ({ task, steps: [queuedStep(task)] })));
+      const byId = new Map(queued.map((task) => [task.task_id, task]));
+      const outcomes: ItemOutcome<Dispatched>[] = [];
+      // An item that inserted nothing repeats an earlier dispatch, maybe one of this batch.
+      for (const [i, row] of rows.entries()) {
+        const task = byId.get(row.task_id) ?? (await findDuplicate(tx.trx, items[i].input))!;
+        outcomes.push({ ok: true, value: { task, created: byId.has(row.task_id) } });
+      }
+      return outcomes;
+    });
   }
 
-  /** Completes each task as `complete` would. */
+  /** Completes each task as `complete` would, in one transaction. */
   async completeMany(items: LeasedItem<Value | undefined>[]): Promise<ItemOutcome<TaskRow>[]> {
-    return settle(items.map((item) => this.complete(item.taskId, item.leaseId, item.value)));
+    return this.changeMany(items.map(({ taskId, leaseId, value }) => ({ taskId, decide: completeSteps(leaseId, value) })));
   }
 
-  /** Fails each task as `fail` would. */
+  /** Fails each task as `fail` would, in one transaction. */
   async failMany(items: LeasedItem<TaskError>[]): Promise<ItemOutcome<TaskRow>[]> {
-    return settle(items.map((item) => this.fail(item.taskId, item.leaseId, item.value)));
+    return this.changeMany(items.map(({ taskId, leaseId, value }) => ({ taskId, decide: failSteps(leaseId, value) })));
   }
 
   /** Leases up to maxTasks pending tasks of the given tools (any when empty), oldest first. */
@@ -212,21 +234,12 @@ export class TaskStore {
   }
 
   async complete(taskId: string, leaseId: string, result: Value | undefined): Promise<TaskRow> {
-    return this.change(taskId, (task, now) => {
-      requireLease(task, leaseId, "complete", now);
-      const set = { status: TaskStatus.COMPLETED, result: valueToColumn(result), complete_time: now };
-      return [{ set, event: { case: "completed", value: { result } } }];
-    });
+    return this.change(taskId, completeSteps(leaseId, result));
   }
 
   /** Ends the task FAILED, or CANCELLED when a cancel was requested: the failure is its answer. */
   async fail(taskId: string, leaseId: string, error: TaskError): Promise<TaskRow> {
-    return this.change(taskId, (task, now) => {
-      requireLease(task, leaseId, "fail", now);
-      if (task.cancel_requested) return [cancelStep(task.cancel_reason, now, errorToColumn(error))];
-      if (error.retryable && canRetry(task)) return [retryStep(task, error, now)];
-      return [failStep(error, TaskStatus.FAILED, now)];
-    });
+    return this.change(taskId, failSteps(leaseId, error));
   }
 
   async suspend(taskId: string, leaseId: string, payload: Value | undefined): Promise<TaskRow> {
@@ -349,26 +362,66 @@ export class TaskStore {
     return new SlotCounts(this.limits, total, byAgent);
   }
 
+  /** Loads the task, lets `decide` check it and choose its steps, and applies them. */
+  private async change(taskId: string, decide: Decide): Promise<TaskRow> {
+    const [outcome] = await this.changeMany([{ taskId, decide }]);
+    if (!outcome.ok) throw outcome.error;
+    return outcome.value;
+  }
+
   /**
-   * Loads the task, lets `decide` check it and choose its steps, and applies
-   * them. On PostgreSQL the task's row is locked first; a `decide` that counts
-   * slots takes the log_head lock after it, the order every change appending
-   * an event already follows.
+   * Loads the tasks, lets each item's `decide` check its task (as the items
+   * before it left it) and choose steps, and applies every item's steps
+   * together. An item `decide` refuses changes nothing; the others commit.
+   *
+   * On PostgreSQL the rows are locked first, in task_id order, so two batches
+   * never wait on each other in a cycle; a `decide` that counts slots takes
+   * the log_head lock after them, the order every change appending an event
+   * already follows.
    */
-  private async change(taskId: string, decide: (task: TaskRow, now: number, tx: Tx) => Step[] | Promise<Step[]>): Promise<TaskRow> {
+  private async changeMany(items: { taskId: string; decide: Decide }[]): Promise<ItemOutcome<TaskRow>[]> {
     return this.transaction(async (tx) => {
-      let select = tx.trx.selectFrom("tasks").selectAll().where("task_id", "=", taskId);
-      if (this.db.dialect === "postgres") select = select.forUpdate();
-      const current = await select.executeTakeFirst();
-      if (!current) throw taskNotFound(taskId);
-      return apply(tx, current, await decide(current, tx.now, tx));
+      const current = await this.lockTasks(tx, items.map((item) => item.taskId));
+      const changes = new Map<string, { task: TaskRow; steps: Step[] }>();
+      const decided: (string | ConnectError)[] = [];
+      for (const { taskId, decide } of items) {
+        const task = current.get(taskId);
+        if (!task) {
+          decided.push(taskNotFound(taskId));
+          continue;
+        }
+        try {
+          const steps = await decide(task, tx.now, tx);
+          const change = changes.get(taskId) ?? { task, steps: [] };
+          change.steps.push(...steps);
+          changes.set(taskId, change);
+          current.set(taskId, steps.reduce((row, step) => ({ ...row, ...step.set }), task));
+          decided.push(taskId);
+        } catch (error) {
+          if (!(error instanceof ConnectError)) throw error;
+          decided.push(error);
+        }
+      }
+      const applied = new Map((await applyAll(tx, [...changes.values()])).map((task) => [task.task_id, task]));
+      return decided.map((item) => (typeof item === "string" ? { ok: true, value: applied.get(item)! } : { ok: false, error: item }));
     });
+  }
+
+  /** The tasks' rows by id; on PostgreSQL locked for update, in id order. */
+  private async lockTasks(tx: Tx, taskIds: string[]): Promise<Map<string, TaskRow>> {
+    const rows = new Map<string, TaskRow>();
+    for (const ids of binaryChunks([...new Set(taskIds)].sort())) {
+      let select = tx.trx.selectFrom("tasks").selectAll().where("task_id", "in", ids);
+      if (tx.dialect === "postgres") select = select.orderBy("task_id").forUpdate();
+      for (const row of await select.execute()) rows.set(row.task_id, row);
+    }
+    return rows;
   }
 
   /** Runs a write transaction and, once it committed, tells readers how far the log got. */
   private async transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
     const { value, tx } = await this.writer.run(async (trx) => {
-      const tx: Tx = { trx, now: this.clock(), newestSequence: 0, madePending: false };
+      const tx: Tx = { trx, dialect: this.db.dialect, now: this.clock(), newestSequence: 0, madePending: false };
       const value = await work(tx);
       // Other replicas hear of the commit when it happens (NOTIFY is sent at commit).
       if (this.db.dialect === "postgres" && tx.newestSequence > 0) {
@@ -391,7 +444,8 @@ async function apply(tx: Tx, task: TaskRow, steps: Step[]): Promise<TaskRow> {
 
 /**
  * Applies each task's steps: the events of all of them appended in one go (one
- * sequence allocation, one insert), then one row update per task.
+ * sequence allocation, one insert), then the rows updated, sharing a
+ * statement where the same columns changed.
  */
 async function applyAll(tx: Tx, changes: { task: TaskRow; steps: Step[] }[]): Promise<TaskRow[]> {
   const entries: { task: TaskRow; kind: EventKind }[] = [];
@@ -408,15 +462,13 @@ async function applyAll(tx: Tx, changes: { task: TaskRow; steps: Step[] }[]): Pr
   // Each task's row records the sequence of its last event.
   const lastSequence = new Map(events.map((e) => [e.taskId, Number(e.sequence)]));
   if (events.length > 0) tx.newestSequence = Number(events[events.length - 1].sequence);
-  return Promise.all(
-    nexts.map(async (next, i) => {
-      if (changes[i].steps.length === 0) return next;
-      const updated = { ...next, sequence: lastSequence.get(next.task_id) ?? next.sequence };
-      const changed = changedColumns(changes[i].task, updated);
-      if (Object.keys(changed).length > 0) await tx.trx.updateTable("tasks").set(changed).where("task_id", "=", next.task_id).execute();
-      return updated;
-    }),
+  const updated = nexts.map((next) => ({ ...next, sequence: lastSequence.get(next.task_id) ?? next.sequence }));
+  await updateTaskRows(
+    tx.trx,
+    tx.dialect,
+    updated.map((row, i) => ({ taskId: row.task_id, set: changedColumns(changes[i].task, row) })),
   );
+  return updated;
 }
 
 /**
@@ -493,8 +545,30 @@ function findDuplicate(trx: Transaction<Database>, input: NewTask): Promise<Task
     .executeTakeFirst();
 }
 
-function queuedEvent(task: TaskRow) {
-  return { args: JSON.parse(task.args) as JsonObject, maxRetries: task.max_retries, timeout: durationFromMs(task.timeout_ms) };
+/** A new task's first step: PENDING, with its queued event. */
+function queuedStep(task: TaskRow): Step {
+  const value = { args: JSON.parse(task.args) as JsonObject, maxRetries: task.max_retries, timeout: durationFromMs(task.timeout_ms) };
+  return { set: { status: TaskStatus.PENDING }, event: { case: "queued", value } };
+}
+
+/** Checks and chooses a change's steps for a task as it stands. */
+type Decide = (task: TaskRow, now: number, tx: Tx) => Step[] | Promise<Step[]>;
+
+function completeSteps(leaseId: string, result: Value | undefined): Decide {
+  return (task, now) => {
+    requireLease(task, leaseId, "complete", now);
+    const set = { status: TaskStatus.COMPLETED, result: valueToColumn(result), complete_time: now };
+    return [{ set, event: { case: "completed", value: { result } } }];
+  };
+}
+
+function failSteps(leaseId: string, error: TaskError): Decide {
+  return (task, now) => {
+    requireLease(task, leaseId, "fail", now);
+    if (task.cancel_requested) return [cancelStep(task.cancel_reason, now, errorToColumn(error))];
+    if (error.retryable && canRetry(task)) return [retryStep(task, error, now)];
+    return [failStep(error, TaskStatus.FAILED, now)];
+  };
 }
 
 /** PENDING -> RUNNING under a fresh lease. The first claim makes attempt 1. */
