@@ -5,7 +5,7 @@
  * the time by SQL text. On SQLite it then measures what a prepared-statement
  * cache and a narrower task-row UPDATE would save.
  *
- *   npx tsx bench/lifecycle/statements.ts [--tasks 20000] [--dialect sqlite|postgres] [--json out.json]
+ *   npx tsx bench/lifecycle/statements.ts [--tasks 20000] [--dialect sqlite|postgres] [--many] [--json out.json]
  */
 import BetterSqlite3 from "better-sqlite3";
 import { create } from "@bufbuild/protobuf";
@@ -27,6 +27,8 @@ const { values: flags } = parseArgs({
     dialect: { type: "string", default: "sqlite" },
     batch: { type: "string", default: "100" },
     sequential: { type: "boolean", default: false },
+    // Each round through the batch methods (dispatchMany, completeMany), as DispatchTasks and CompleteTasks call them.
+    many: { type: "boolean", default: false },
     json: { type: "string" },
   },
   strict: true,
@@ -92,6 +94,12 @@ function task(i: number): NewTask {
   };
 }
 
+function roundLine(): string {
+  if (flags.many) return `dispatchMany of ${BATCH}, one claim of ${BATCH}, completeMany of them`;
+  const how = flags.sequential ? "one after another" : "concurrently";
+  return `dispatch ${BATCH} ${how}, one claim of ${BATCH}, complete them ${how}`;
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "taskstream-statements-"));
   const postgres = dialect === "postgres" ? await startEmbeddedPostgres() : undefined;
@@ -114,13 +122,17 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     for (let done = 0; done < TASKS; done += BATCH) {
       let t = performance.now();
-      await each(Array.from({ length: BATCH }, (_, k) => done + k), (i) => store.dispatch(task(i)));
+      const round = Array.from({ length: BATCH }, (_, k) => done + k);
+      if (flags.many) await store.dispatchMany(round.map((i) => ({ input: task(i) })));
+      else await each(round, (i) => store.dispatch(task(i)));
       phase.dispatch += performance.now() - t;
       t = performance.now();
       const claimed = await store.claim({ workerId: "w", leaseMs: 30_000, toolNames: ["bench-tool"], maxTasks: BATCH });
       phase.claim += performance.now() - t;
       t = performance.now();
-      await each(claimed, (c) => store.complete(c.task.task_id, c.lease.leaseId, create(ValueSchema, result)));
+      if (flags.many) {
+        await store.completeMany(claimed.map((c) => ({ taskId: c.task.task_id, leaseId: c.lease.leaseId, value: create(ValueSchema, result) })));
+      } else await each(claimed, (c) => store.complete(c.task.task_id, c.lease.leaseId, create(ValueSchema, result)));
       phase.complete += performance.now() - t;
     }
     const totalMs = performance.now() - t0;
@@ -134,8 +146,7 @@ async function main(): Promise<void> {
       .sort((a, b) => b.totalMs - a.totalMs);
     const out: string[] = [];
     out.push(
-      `${dialect}, ${TASKS.toLocaleString("en-US")} tasks in rounds of ${BATCH} (dispatch ${BATCH} ${flags.sequential ? "one after another" : "concurrently"}, ` +
-        `one claim of ${BATCH}, complete them ${flags.sequential ? "one after another" : "concurrently"}), TaskStore in process, no RPC:`,
+      `${dialect}, ${TASKS.toLocaleString("en-US")} tasks in rounds of ${BATCH} (${roundLine()}), TaskStore in process, no RPC:`,
       "",
       `- storage alone: ${Math.round(TASKS / (totalMs / 1000)).toLocaleString("en-US")} tasks/s; per task ${((phase.dispatch * 1000) / TASKS).toFixed(0)} µs dispatch, ` +
         `${((phase.claim * 1000) / TASKS).toFixed(0)} µs claim, ${((phase.complete * 1000) / TASKS).toFixed(0)} µs complete; ` +
