@@ -1,69 +1,9 @@
-/** The bench's processes: the server, the worker and producer children, and /proc readings. */
-import { fork, spawn, type ChildProcess } from "node:child_process";
+/** The bench's processes: the worker and producer children, and /proc readings (the server: ../support/server-process.ts). */
+import { fork, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
-import { createInterface } from "node:readline";
 import { cpuSeconds, rssBytes, sleep } from "../support/proc-stats.js";
 export { cpuSeconds, rssBytes, sleep };
-
-export interface ServerProcess {
-  pid: number;
-  url: string;
-  /** SIGTERM, then SIGKILL after graceMs; resolves once it exited. */
-  stop(graceMs?: number): Promise<void>;
-}
-
-/**
- * Spawns `node [nodeFlags] bin/taskstream.js serve --shutdown-drain-ms 0 [args]` and waits for its
- * "taskstream listening" JSON log line. Error log lines are passed through.
- */
-export function spawnServer(nodeFlags: string[], args: string[], timeoutMs = 60_000): Promise<ServerProcess> {
-  return new Promise((resolve, reject) => {
-    // stop() sends SIGTERM: no drain, or every stop would wait out its 5 s default.
-    const child = spawn(process.execPath, [...nodeFlags, "bin/taskstream.js", "serve", "--shutdown-drain-ms", "0", ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    const exited = new Promise<void>((r) => child.once("exit", () => r()));
-    let stderr = "";
-    child.stderr!.on("data", (d: Buffer) => {
-      stderr = (stderr + d.toString()).slice(-20_000);
-    });
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`server: not listening within ${timeoutMs} ms\n${stderr}`));
-    }, timeoutMs);
-    let ready = false;
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      let entry: { msg?: string; url?: string; level?: string } | undefined;
-      try {
-        entry = JSON.parse(line) as typeof entry;
-      } catch {
-        return;
-      }
-      if (!ready && entry?.msg === "taskstream listening" && entry.url) {
-        ready = true;
-        clearTimeout(timer);
-        resolve({
-          pid: child.pid!,
-          url: entry.url,
-          stop: async (graceMs = 30_000) => {
-            if (child.exitCode !== null || child.signalCode !== null) return;
-            child.kill("SIGTERM");
-            const kill = setTimeout(() => child.kill("SIGKILL"), graceMs);
-            await exited;
-            clearTimeout(kill);
-          },
-        });
-      } else if (entry?.level === "error" || entry?.level === "warn") {
-        process.stderr.write(`  [server] ${line}\n`);
-      }
-    });
-    child.once("exit", (code, signal) => {
-      if (!ready) {
-        clearTimeout(timer);
-        reject(new Error(`server exited (${code ?? signal}) before listening\n${stderr}`));
-      }
-    });
-  });
-}
 
 /** A child process running one of this folder's scripts through tsx, spoken to over IPC. */
 export class Child<Out extends { type: string }> {

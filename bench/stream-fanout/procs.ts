@@ -1,72 +1,7 @@
-/** Child processes of the bench: spawning, reading their URL, sampling RSS and CPU from /proc. */
-import { spawn, type ChildProcess } from "node:child_process";
+/** Child processes of the bench: sampling RSS and CPU from /proc (spawning: ../support/server-process.ts). */
 import { readFileSync } from "node:fs";
-import { createInterface } from "node:readline";
 import { cpuSeconds, rssBytes, sleep } from "../support/proc-stats.js";
 export { cpuSeconds, rssBytes, sleep };
-
-export interface Spawned {
-  child: ChildProcess;
-  pid: number;
-  url: string;
-  /** SIGTERM, then SIGKILL after graceMs; resolves when it exited. */
-  stop(graceMs?: number): Promise<void>;
-}
-
-/**
- * Spawns a server process and waits for its JSON log line `msg === listenMsg`
- * carrying `url`. Its other output is dropped unless it is an error line.
- */
-export function spawnServer(command: string, args: string[], listenMsg: string, label: string, timeoutMs = 30_000): Promise<Spawned> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
-    const exited = new Promise<void>((r) => child.once("exit", () => r()));
-    let stderr = "";
-    child.stderr!.on("data", (d: Buffer) => {
-      stderr += d.toString();
-      if (stderr.length > 20_000) stderr = stderr.slice(-10_000);
-    });
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`${label}: no "${listenMsg}" line within ${timeoutMs} ms\n${stderr}`));
-    }, timeoutMs);
-    let ready = false;
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      let entry: { msg?: string; url?: string; level?: string } | undefined;
-      try {
-        entry = JSON.parse(line) as typeof entry;
-      } catch {
-        return;
-      }
-      if (!ready && entry?.msg === listenMsg && entry.url) {
-        ready = true;
-        clearTimeout(timer);
-        resolve({
-          child,
-          pid: child.pid!,
-          url: entry.url,
-          stop: async (graceMs = 15_000) => {
-            if (child.exitCode !== null || child.signalCode !== null) return;
-            child.kill("SIGTERM");
-            const t = setTimeout(() => child.kill("SIGKILL"), graceMs);
-            await exited;
-            clearTimeout(t);
-          },
-        });
-      } else if (entry?.level === "error") {
-        process.stderr.write(`  [${label}] ${line}\n`);
-      }
-    });
-    child.once("exit", (code, signal) => {
-      if (!ready) {
-        clearTimeout(timer);
-        reject(new Error(`${label} exited (${code ?? signal}) before listening\n${stderr}`));
-      }
-    });
-  });
-}
-
-
 
 /** Busy and total jiffies of the whole machine, from /proc/stat. */
 function machineTicks(): { busy: number; total: number } {
