@@ -4,6 +4,7 @@ import * as initial from "./migrations/2026-11-24T0720-initial.js";
 import * as execution from "./migrations/2026-11-24T0810-execution.js";
 import * as taskCounts from "./migrations/2026-11-24T1110-task-counts.js";
 import * as filterStatusIndexes from "./migrations/2026-11-24T1140-filter-status-indexes.js";
+import * as sqliteCountsByWriters from "./migrations/2026-11-24T1500-sqlite-counts-by-writers.js";
 
 /** Brings the schema up to date; safe to run at every start, by every replica. */
 export async function migrateToLatest(db: Db): Promise<void> {
@@ -22,6 +23,7 @@ function provider(db: Db): MigrationProvider {
     "2026-11-24T0810-execution": { up: (k) => execution.up(k) },
     "2026-11-24T1110-task-counts": { up: (k) => taskCounts.up(k, db.dialect) },
     "2026-11-24T1140-filter-status-indexes": { up: (k) => filterStatusIndexes.up(k, db.dialect) },
+    "2026-11-24T1500-sqlite-counts-by-writers": { up: (k) => sqliteCountsByWriters.up(k, db.dialect) },
   };
   return { getMigrations: async () => migrations };
 }
