@@ -4,6 +4,7 @@ import { isPostgresUrl, openDatabase, type Db } from "../../src/storage/connect.
 import { migrateToLatest } from "../../src/storage/migrate.js";
 import type { Database, TaskRow } from "../../src/storage/schema.js";
 import { taskGenerator } from "./data.js";
+import { recountTasks } from "../../src/storage/status-counts.js";
 
 export interface SeedRequest {
   location: string;
@@ -105,6 +106,8 @@ async function seedAndAnalyze(request: SeedRequest, progress: (done: number) => 
       .set({ last_sequence: generator.lastSequence(), trimmed_through: generator.lastSequence() })
       .where("id", "=", 1)
       .execute();
+    // Rows went in without TaskStore, which keeps SQLite's task_counts.
+    await recountTasks(db.kysely);
     const seedMs = performance.now() - started;
 
     const analyzeStarted = performance.now();

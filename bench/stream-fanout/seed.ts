@@ -18,6 +18,7 @@ import { TaskEventSchema, type TaskEvent } from "../../gen/taskstream/v1/task_pb
 import { openDatabase } from "../../src/storage/connect.js";
 import { appendEvents, logBounds, type EventKind } from "../../src/storage/event-log.js";
 import type { TaskRow } from "../../src/storage/schema.js";
+import { recountTasks } from "../../src/storage/status-counts.js";
 
 export interface SeedRequest {
   location: string;
@@ -88,6 +89,8 @@ export async function seed(request: SeedRequest, progress: (done: number) => voi
       done += n;
       if (done % 10_000 === 0 || done === request.tasks) progress(done);
     }
+    // Rows went in without TaskStore, which keeps SQLite's task_counts.
+    await recountTasks(db.kysely);
     const seedMs = performance.now() - started;
     if (db.dialect === "sqlite") await sql`PRAGMA wal_checkpoint(TRUNCATE)`.execute(db.kysely);
     else await sql`VACUUM ANALYZE`.execute(db.kysely);
