@@ -38,6 +38,17 @@ export function invalidArgument(field: string, message: string): ConnectError {
   return taskstreamError(Code.InvalidArgument, "INVALID_ARGUMENT", `${field}: ${message}`, { field });
 }
 
+/**
+ * An `invalidArgument` error with its field moved inside `parent`
+ * ("requests[3]" makes "task_id" "requests[3].task_id"); any other error as it is.
+ */
+export function insideField(parent: string, err: unknown): unknown {
+  if (!(err instanceof ConnectError) || err.code !== Code.InvalidArgument) return err;
+  const field = err.findDetails(ErrorInfoSchema)[0]?.metadata.field;
+  if (field === undefined || !err.rawMessage.startsWith(`${field}: `)) return err;
+  return invalidArgument(`${parent}.${field}`, err.rawMessage.slice(field.length + 2));
+}
+
 export function taskNotFound(taskId: string): ConnectError {
   return taskstreamError(Code.NotFound, "TASK_NOT_FOUND", `task ${taskId} not found`, { task_id: taskId });
 }

@@ -11,17 +11,20 @@ import {
   TaskService,
   TaskTimeField,
   type ClaimOptions,
+  type DispatchTaskRequest,
   type ListTasksRequest,
 } from "../../gen/taskstream/v1/task_service_pb.js";
 import type { Settings } from "../config.js";
 import { invalidArgument, taskNotFound } from "../errors.js";
 import { getTask, listTaskEvents, listTasks, type TimeColumn } from "../storage/task-queries.js";
-import type { ClaimBy } from "../storage/task-store.js";
+import type { ClaimBy, Dispatched, NewTask } from "../storage/task-store.js";
 import { taskFromRow, writeTask } from "../storage/task-rows.js";
+import { itemError, validateBatch } from "./batches.js";
 import type { ServiceDeps } from "./deps.js";
 import { rawBytes, speaksJson, withEncodedField } from "./encoded-response.js";
 import { leaseMessage } from "./leases.js";
 import { streamTasks } from "./stream-tasks.js";
+import { MAX_BATCH_REQUESTS } from "./worker-service.js";
 import { decodePageToken, encodePageToken, pageSize, requestFingerprint } from "./pagination.js";
 import { durationMs, intInRange, optionalId, requireEnum, requireId, requireJsonObject, requireJsonValue, taskFilter, timestampMs } from "./validate.js";
 
@@ -37,28 +40,22 @@ const TIME_COLUMNS: Record<TaskTimeField, TimeColumn> = {
 
 /** Producers' and observers' calls. */
 export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> {
-  const { store, settings } = deps;
+  const { store } = deps;
   return {
     streamTasks: streamTasks(deps),
 
     async dispatchTask(req) {
-      const input = {
-        requestId: optionalId("request_id", req.requestId, 128),
-        toolName: requireId("tool_name", req.toolName),
-        toolCallId: optionalId("tool_call_id", req.toolCallId),
-        args: requireJsonObject("args", req.args),
-        agentId: optionalId("agent_id", req.agentId),
-        runId: optionalId("run_id", req.runId),
-        threadId: optionalId("thread_id", req.threadId),
-        resourceId: optionalId("resource_id", req.resourceId),
-        maxRetries: intInRange("max_retries", req.maxRetries ?? settings.maxRetries, 0, 100),
-        timeoutMs: durationMs("timeout", req.timeout, { default: settings.taskTimeoutMs, max: settings.maxTaskTimeoutMs }),
-        ...retryPolicy(req.retryPolicy, settings),
-        backpressure: backpressure(req.backpressure, settings),
+      const { input, claim } = dispatchRequest(req, deps);
+      return dispatchedMessage(await store.dispatch(input, claim));
+    },
+
+    async dispatchTasks(req) {
+      const outcomes = await store.dispatchMany(validateBatch(req.requests, MAX_BATCH_REQUESTS, (r) => dispatchRequest(r, deps)));
+      return {
+        results: outcomes.map((o) => ({
+          outcome: o.ok ? { case: "dispatched" as const, value: dispatchedMessage(o.value) } : { case: "error" as const, value: itemError(o.error) },
+        })),
       };
-      const claim = req.claim && claimBy(req.claim, deps);
-      const { task, created, lease } = await store.dispatch(input, claim);
-      return { task: taskFromRow(task), created, lease: lease && leaseMessage(lease) };
     },
 
     async cancelTask(req) {
@@ -123,6 +120,30 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
       return withEncodedField(ListTaskEventsResponseSchema, response, ListTaskEventsResponseSchema.field.events, payloads, rawBytes);
     },
   };
+}
+
+/** A validated DispatchTask request (alone or in DispatchTasks): the new task, and who claims it at once. */
+function dispatchRequest(req: DispatchTaskRequest, deps: ServiceDeps): { input: NewTask; claim?: ClaimBy } {
+  const { settings } = deps;
+  const input = {
+    requestId: optionalId("request_id", req.requestId, 128),
+    toolName: requireId("tool_name", req.toolName),
+    toolCallId: optionalId("tool_call_id", req.toolCallId),
+    args: requireJsonObject("args", req.args),
+    agentId: optionalId("agent_id", req.agentId),
+    runId: optionalId("run_id", req.runId),
+    threadId: optionalId("thread_id", req.threadId),
+    resourceId: optionalId("resource_id", req.resourceId),
+    maxRetries: intInRange("max_retries", req.maxRetries ?? settings.maxRetries, 0, 100),
+    timeoutMs: durationMs("timeout", req.timeout, { default: settings.taskTimeoutMs, max: settings.maxTaskTimeoutMs }),
+    ...retryPolicy(req.retryPolicy, settings),
+    backpressure: backpressure(req.backpressure, settings),
+  };
+  return { input, claim: req.claim && claimBy(req.claim, deps) };
+}
+
+function dispatchedMessage({ task, created, lease }: Dispatched) {
+  return { task: taskFromRow(task), created, lease: lease && leaseMessage(lease) };
 }
 
 /** A dispatch's retry policy; what it leaves out comes from the settings. */

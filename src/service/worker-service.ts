@@ -1,15 +1,25 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { WorkerService, type ClaimTasksRequest } from "../../gen/taskstream/v1/worker_service_pb.js";
-import { TaskErrorSchema, TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
+import {
+  WorkerService,
+  type ClaimTasksRequest,
+  type CompleteTaskRequest,
+  type FailTaskRequest,
+} from "../../gen/taskstream/v1/worker_service_pb.js";
+import { TaskErrorSchema, TaskStatus, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
 import { create } from "@bufbuild/protobuf";
+import type { Value } from "@bufbuild/protobuf/wkt";
 import { invalidArgument } from "../errors.js";
 import { msFromDuration } from "../domain/time.js";
 import { taskFromRow } from "../storage/task-rows.js";
+import type { LeasedItem } from "../storage/task-store.js";
+import { taskOutcome, validateBatch } from "./batches.js";
 import type { ServiceDeps } from "./deps.js";
 import { leaseMessage } from "./leases.js";
 import { durationMs, intInRange, requireId, requireJsonObject, requireJsonValue } from "./validate.js";
 
 export const MAX_CLAIM_BATCH = 100;
+/** The most requests one DispatchTasks, CompleteTasks or FailTasks call may carry. */
+export const MAX_BATCH_REQUESTS = 1000;
 /** Claimers look again this often even unwoken: for work other replicas queue, and retries whose delay ran out. */
 const CLAIM_POLL_MS = 250;
 /** A long-poll answers this long before the client's deadline, so an empty answer beats DEADLINE_EXCEEDED. */
@@ -61,16 +71,23 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
     },
 
     async completeTask(req) {
-      const result = requireJsonValue("result", req.result);
-      const task = await store.complete(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), result);
-      return { task: taskFromRow(task) };
+      const { taskId, leaseId, value } = completion(req);
+      return { task: taskFromRow(await store.complete(taskId, leaseId, value)) };
+    },
+
+    async completeTasks(req) {
+      const outcomes = await store.completeMany(validateBatch(req.requests, MAX_BATCH_REQUESTS, completion));
+      return { results: outcomes.map(taskOutcome) };
     },
 
     async failTask(req) {
-      const error = req.error ?? create(TaskErrorSchema, { message: "failed without an error" });
-      requireJsonObject("error.details", error.details);
-      const task = await store.fail(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), error);
-      return { task: taskFromRow(task) };
+      const { taskId, leaseId, value } = failure(req);
+      return { task: taskFromRow(await store.fail(taskId, leaseId, value)) };
+    },
+
+    async failTasks(req) {
+      const outcomes = await store.failMany(validateBatch(req.requests, MAX_BATCH_REQUESTS, failure));
+      return { results: outcomes.map(taskOutcome) };
     },
 
     async suspendTask(req) {
@@ -79,6 +96,19 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
       return { task: taskFromRow(task) };
     },
   };
+}
+
+/** A validated CompleteTask request (alone or in CompleteTasks). */
+function completion(req: CompleteTaskRequest): LeasedItem<Value | undefined> {
+  const value = requireJsonValue("result", req.result);
+  return { taskId: requireId("task_id", req.taskId), leaseId: requireId("lease_id", req.leaseId), value };
+}
+
+/** A validated FailTask request (alone or in FailTasks); a missing error gets a message. */
+function failure(req: FailTaskRequest): LeasedItem<TaskError> {
+  const value = req.error ?? create(TaskErrorSchema, { message: "failed without an error" });
+  requireJsonObject("error.details", value.details);
+  return { taskId: requireId("task_id", req.taskId), leaseId: requireId("lease_id", req.leaseId), value };
 }
 
 /** How long this claim may wait: what the worker asked, capped by the server and the call's deadline. */

@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Lease, RetryPolicy, Task, TaskEvent, TaskFilter, TaskStatus } from "./task_pb.js";
+import type { ItemError, Lease, RetryPolicy, Task, TaskEvent, TaskFilter, TaskStatus } from "./task_pb.js";
 import { file_taskstream_v1_task } from "./task_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file taskstream/v1/task_service.proto.
  */
 export const file_taskstream_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("CiB0YXNrc3RyZWFtL3YxL3Rhc2tfc2VydmljZS5wcm90bxINdGFza3N0cmVhbS52MSJUCgxDbGFpbU9wdGlvbnMSEQoJd29ya2VyX2lkGAEgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqoDChNEaXNwYXRjaFRhc2tSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEQoJdG9vbF9uYW1lGAIgASgJEhQKDHRvb2xfY2FsbF9pZBgDIAEoCRIlCgRhcmdzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIQCghhZ2VudF9pZBgFIAEoCRIOCgZydW5faWQYBiABKAkSEQoJdGhyZWFkX2lkGAcgASgJEhMKC3Jlc291cmNlX2lkGAggASgJEhgKC21heF9yZXRyaWVzGAkgASgFSACIAQESKgoHdGltZW91dBgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIqCgVjbGFpbRgLIAEoCzIbLnRhc2tzdHJlYW0udjEuQ2xhaW1PcHRpb25zEjEKDGJhY2twcmVzc3VyZRgMIAEoDjIbLnRhc2tzdHJlYW0udjEuQmFja3ByZXNzdXJlEjAKDHJldHJ5X3BvbGljeRgNIAEoCzIaLnRhc2tzdHJlYW0udjEuUmV0cnlQb2xpY3lCDgoMX21heF9yZXRyaWVzIm8KFERpc3BhdGNoVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sSIwoFbGVhc2UYAiABKAsyFC50YXNrc3RyZWFtLnYxLkxlYXNlEg8KB2NyZWF0ZWQYAyABKAgiNAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNwoSQ2FuY2VsVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sifQoRUmVzdW1lVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIrCgtyZXN1bWVfZGF0YRgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIqCgVjbGFpbRgDIAEoCzIbLnRhc2tzdHJlYW0udjEuQ2xhaW1PcHRpb25zIlwKElJlc3VtZVRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMudGFza3N0cmVhbS52MS5UYXNrEiMKBWxlYXNlGAIgASgLMhQudGFza3N0cmVhbS52MS5MZWFzZSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKD0dldFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMudGFza3N0cmVhbS52MS5UYXNrIpYBCglUaW1lUmFuZ2USKwoFZmllbGQYASABKA4yHC50YXNrc3RyZWFtLnYxLlRhc2tUaW1lRmllbGQSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpkCChBMaXN0VGFza3NSZXF1ZXN0EikKBmZpbHRlchgBIAEoCzIZLnRhc2tzdHJlYW0udjEuVGFza0ZpbHRlchIUCgx0b29sX2NhbGxfaWQYAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS50YXNrc3RyZWFtLnYxLlRhc2tTdGF0dXMSLAoKdGltZV9yYW5nZRgEIAEoCzIYLnRhc2tzdHJlYW0udjEuVGltZVJhbmdlEi4KCG9yZGVyX2J5GAUgASgOMhwudGFza3N0cmVhbS52MS5UYXNrVGltZUZpZWxkEhIKCmRlc2NlbmRpbmcYBiABKAgSEQoJcGFnZV9zaXplGAcgASgFEhIKCnBhZ2VfdG9rZW4YCCABKAkiZAoRTGlzdFRhc2tzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhIKCnRvdGFsX3NpemUYAyABKAMiTwoVTGlzdFRhc2tFdmVudHNSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkibwoWTGlzdFRhc2tFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC50YXNrc3RyZWFtLnYxLlRhc2tFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEgoKdG90YWxfc2l6ZRgDIAEoAyK9AQoSU3RyZWFtVGFza3NSZXF1ZXN0EikKBmZpbHRlchgBIAEoCzIZLnRhc2tzdHJlYW0udjEuVGFza0ZpbHRlchIbCg5hZnRlcl9zZXF1ZW5jZRgCIAEoA0gAiAEBEhUKDXNraXBfc25hcHNob3QYAyABKAgSNQoSaGVhcnRiZWF0X2ludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhEKD19hZnRlcl9zZXF1ZW5jZSK+AQoTU3RyZWFtVGFza3NSZXNwb25zZRIpCgVldmVudBgBIAEoCzIYLnRhc2tzdHJlYW0udjEuVGFza0V2ZW50SAASPAoRc25hcHNob3RfY29tcGxldGUYAiABKAsyHy50YXNrc3RyZWFtLnYxLlNuYXBzaG90Q29tcGxldGVIABIzCgloZWFydGJlYXQYAyABKAsyHi50YXNrc3RyZWFtLnYxLlN0cmVhbUhlYXJ0YmVhdEgAQgkKB21lc3NhZ2UiJAoQU25hcHNob3RDb21wbGV0ZRIQCghzZXF1ZW5jZRgBIAEoAyJUCg9TdHJlYW1IZWFydGJlYXQSEAoIc2VxdWVuY2UYASABKAMSLwoLc2VydmVyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKl0KDEJhY2twcmVzc3VyZRIcChhCQUNLUFJFU1NVUkVfVU5TUEVDSUZJRUQQABIWChJCQUNLUFJFU1NVUkVfUVVFVUUQARIXChNCQUNLUFJFU1NVUkVfUkVKRUNUEAIqlAEKDVRhc2tUaW1lRmllbGQSHwobVEFTS19USU1FX0ZJRUxEX1VOU1BFQ0lGSUVEEAASHwobVEFTS19USU1FX0ZJRUxEX0NSRUFURV9USU1FEAESHgoaVEFTS19USU1FX0ZJRUxEX1NUQVJUX1RJTUUQAhIhCh1UQVNLX1RJTUVfRklFTERfQ09NUExFVEVfVElNRRADMt0ECgtUYXNrU2VydmljZRJXCgxEaXNwYXRjaFRhc2sSIi50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza1JlcXVlc3QaIy50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza1Jlc3BvbnNlElEKCkNhbmNlbFRhc2sSIC50YXNrc3RyZWFtLnYxLkNhbmNlbFRhc2tSZXF1ZXN0GiEudGFza3N0cmVhbS52MS5DYW5jZWxUYXNrUmVzcG9uc2USUQoKUmVzdW1lVGFzaxIgLnRhc2tzdHJlYW0udjEuUmVzdW1lVGFza1JlcXVlc3QaIS50YXNrc3RyZWFtLnYxLlJlc3VtZVRhc2tSZXNwb25zZRJICgdHZXRUYXNrEh0udGFza3N0cmVhbS52MS5HZXRUYXNrUmVxdWVzdBoeLnRhc2tzdHJlYW0udjEuR2V0VGFza1Jlc3BvbnNlEk4KCUxpc3RUYXNrcxIfLnRhc2tzdHJlYW0udjEuTGlzdFRhc2tzUmVxdWVzdBogLnRhc2tzdHJlYW0udjEuTGlzdFRhc2tzUmVzcG9uc2USXQoOTGlzdFRhc2tFdmVudHMSJC50YXNrc3RyZWFtLnYxLkxpc3RUYXNrRXZlbnRzUmVxdWVzdBolLnRhc2tzdHJlYW0udjEuTGlzdFRhc2tFdmVudHNSZXNwb25zZRJWCgtTdHJlYW1UYXNrcxIhLnRhc2tzdHJlYW0udjEuU3RyZWFtVGFza3NSZXF1ZXN0GiIudGFza3N0cmVhbS52MS5TdHJlYW1UYXNrc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_taskstream_v1_task]);
+  fileDesc("CiB0YXNrc3RyZWFtL3YxL3Rhc2tfc2VydmljZS5wcm90bxINdGFza3N0cmVhbS52MSJUCgxDbGFpbU9wdGlvbnMSEQoJd29ya2VyX2lkGAEgASgJEjEKDmxlYXNlX2R1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIqoDChNEaXNwYXRjaFRhc2tSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEQoJdG9vbF9uYW1lGAIgASgJEhQKDHRvb2xfY2FsbF9pZBgDIAEoCRIlCgRhcmdzGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIQCghhZ2VudF9pZBgFIAEoCRIOCgZydW5faWQYBiABKAkSEQoJdGhyZWFkX2lkGAcgASgJEhMKC3Jlc291cmNlX2lkGAggASgJEhgKC21heF9yZXRyaWVzGAkgASgFSACIAQESKgoHdGltZW91dBgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIqCgVjbGFpbRgLIAEoCzIbLnRhc2tzdHJlYW0udjEuQ2xhaW1PcHRpb25zEjEKDGJhY2twcmVzc3VyZRgMIAEoDjIbLnRhc2tzdHJlYW0udjEuQmFja3ByZXNzdXJlEjAKDHJldHJ5X3BvbGljeRgNIAEoCzIaLnRhc2tzdHJlYW0udjEuUmV0cnlQb2xpY3lCDgoMX21heF9yZXRyaWVzIm8KFERpc3BhdGNoVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sSIwoFbGVhc2UYAiABKAsyFC50YXNrc3RyZWFtLnYxLkxlYXNlEg8KB2NyZWF0ZWQYAyABKAgiTAoURGlzcGF0Y2hUYXNrc1JlcXVlc3QSNAoIcmVxdWVzdHMYASADKAsyIi50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza1JlcXVlc3QiSwoVRGlzcGF0Y2hUYXNrc1Jlc3BvbnNlEjIKB3Jlc3VsdHMYASADKAsyIS50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza1Jlc3VsdCKFAQoSRGlzcGF0Y2hUYXNrUmVzdWx0EjkKCmRpc3BhdGNoZWQYASABKAsyIy50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza1Jlc3BvbnNlSAASKQoFZXJyb3IYAiABKAsyGC50YXNrc3RyZWFtLnYxLkl0ZW1FcnJvckgAQgkKB291dGNvbWUiNAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNwoSQ2FuY2VsVGFza1Jlc3BvbnNlEiEKBHRhc2sYASABKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sifQoRUmVzdW1lVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIrCgtyZXN1bWVfZGF0YRgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIqCgVjbGFpbRgDIAEoCzIbLnRhc2tzdHJlYW0udjEuQ2xhaW1PcHRpb25zIlwKElJlc3VtZVRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMudGFza3N0cmVhbS52MS5UYXNrEiMKBWxlYXNlGAIgASgLMhQudGFza3N0cmVhbS52MS5MZWFzZSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKD0dldFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMudGFza3N0cmVhbS52MS5UYXNrIpYBCglUaW1lUmFuZ2USKwoFZmllbGQYASABKA4yHC50YXNrc3RyZWFtLnYxLlRhc2tUaW1lRmllbGQSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpkCChBMaXN0VGFza3NSZXF1ZXN0EikKBmZpbHRlchgBIAEoCzIZLnRhc2tzdHJlYW0udjEuVGFza0ZpbHRlchIUCgx0b29sX2NhbGxfaWQYAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS50YXNrc3RyZWFtLnYxLlRhc2tTdGF0dXMSLAoKdGltZV9yYW5nZRgEIAEoCzIYLnRhc2tzdHJlYW0udjEuVGltZVJhbmdlEi4KCG9yZGVyX2J5GAUgASgOMhwudGFza3N0cmVhbS52MS5UYXNrVGltZUZpZWxkEhIKCmRlc2NlbmRpbmcYBiABKAgSEQoJcGFnZV9zaXplGAcgASgFEhIKCnBhZ2VfdG9rZW4YCCABKAkiZAoRTGlzdFRhc2tzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhIKCnRvdGFsX3NpemUYAyABKAMiTwoVTGlzdFRhc2tFdmVudHNSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkibwoWTGlzdFRhc2tFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC50YXNrc3RyZWFtLnYxLlRhc2tFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEgoKdG90YWxfc2l6ZRgDIAEoAyK9AQoSU3RyZWFtVGFza3NSZXF1ZXN0EikKBmZpbHRlchgBIAEoCzIZLnRhc2tzdHJlYW0udjEuVGFza0ZpbHRlchIbCg5hZnRlcl9zZXF1ZW5jZRgCIAEoA0gAiAEBEhUKDXNraXBfc25hcHNob3QYAyABKAgSNQoSaGVhcnRiZWF0X2ludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhEKD19hZnRlcl9zZXF1ZW5jZSK+AQoTU3RyZWFtVGFza3NSZXNwb25zZRIpCgVldmVudBgBIAEoCzIYLnRhc2tzdHJlYW0udjEuVGFza0V2ZW50SAASPAoRc25hcHNob3RfY29tcGxldGUYAiABKAsyHy50YXNrc3RyZWFtLnYxLlNuYXBzaG90Q29tcGxldGVIABIzCgloZWFydGJlYXQYAyABKAsyHi50YXNrc3RyZWFtLnYxLlN0cmVhbUhlYXJ0YmVhdEgAQgkKB21lc3NhZ2UiJAoQU25hcHNob3RDb21wbGV0ZRIQCghzZXF1ZW5jZRgBIAEoAyJUCg9TdHJlYW1IZWFydGJlYXQSEAoIc2VxdWVuY2UYASABKAMSLwoLc2VydmVyX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKl0KDEJhY2twcmVzc3VyZRIcChhCQUNLUFJFU1NVUkVfVU5TUEVDSUZJRUQQABIWChJCQUNLUFJFU1NVUkVfUVVFVUUQARIXChNCQUNLUFJFU1NVUkVfUkVKRUNUEAIqlAEKDVRhc2tUaW1lRmllbGQSHwobVEFTS19USU1FX0ZJRUxEX1VOU1BFQ0lGSUVEEAASHwobVEFTS19USU1FX0ZJRUxEX0NSRUFURV9USU1FEAESHgoaVEFTS19USU1FX0ZJRUxEX1NUQVJUX1RJTUUQAhIhCh1UQVNLX1RJTUVfRklFTERfQ09NUExFVEVfVElNRRADMrkFCgtUYXNrU2VydmljZRJXCgxEaXNwYXRjaFRhc2sSIi50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza1JlcXVlc3QaIy50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza1Jlc3BvbnNlEloKDURpc3BhdGNoVGFza3MSIy50YXNrc3RyZWFtLnYxLkRpc3BhdGNoVGFza3NSZXF1ZXN0GiQudGFza3N0cmVhbS52MS5EaXNwYXRjaFRhc2tzUmVzcG9uc2USUQoKQ2FuY2VsVGFzaxIgLnRhc2tzdHJlYW0udjEuQ2FuY2VsVGFza1JlcXVlc3QaIS50YXNrc3RyZWFtLnYxLkNhbmNlbFRhc2tSZXNwb25zZRJRCgpSZXN1bWVUYXNrEiAudGFza3N0cmVhbS52MS5SZXN1bWVUYXNrUmVxdWVzdBohLnRhc2tzdHJlYW0udjEuUmVzdW1lVGFza1Jlc3BvbnNlEkgKB0dldFRhc2sSHS50YXNrc3RyZWFtLnYxLkdldFRhc2tSZXF1ZXN0Gh4udGFza3N0cmVhbS52MS5HZXRUYXNrUmVzcG9uc2USTgoJTGlzdFRhc2tzEh8udGFza3N0cmVhbS52MS5MaXN0VGFza3NSZXF1ZXN0GiAudGFza3N0cmVhbS52MS5MaXN0VGFza3NSZXNwb25zZRJdCg5MaXN0VGFza0V2ZW50cxIkLnRhc2tzdHJlYW0udjEuTGlzdFRhc2tFdmVudHNSZXF1ZXN0GiUudGFza3N0cmVhbS52MS5MaXN0VGFza0V2ZW50c1Jlc3BvbnNlElYKC1N0cmVhbVRhc2tzEiEudGFza3N0cmVhbS52MS5TdHJlYW1UYXNrc1JlcXVlc3QaIi50YXNrc3RyZWFtLnYxLlN0cmVhbVRhc2tzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_taskstream_v1_task]);
 
 /**
  * Asks that the task be handed to the caller at once, already RUNNING, for a
@@ -175,6 +175,79 @@ export const DispatchTaskResponseSchema: GenMessage<DispatchTaskResponse> = /*@_
   messageDesc(file_taskstream_v1_task_service, 2);
 
 /**
+ * @generated from message taskstream.v1.DispatchTasksRequest
+ */
+export type DispatchTasksRequest = Message<"taskstream.v1.DispatchTasksRequest"> & {
+  /**
+   * One to 1000 dispatches.
+   *
+   * @generated from field: repeated taskstream.v1.DispatchTaskRequest requests = 1;
+   */
+  requests: DispatchTaskRequest[];
+};
+
+/**
+ * Describes the message taskstream.v1.DispatchTasksRequest.
+ * Use `create(DispatchTasksRequestSchema)` to create a new message.
+ */
+export const DispatchTasksRequestSchema: GenMessage<DispatchTasksRequest> = /*@__PURE__*/
+  messageDesc(file_taskstream_v1_task_service, 3);
+
+/**
+ * @generated from message taskstream.v1.DispatchTasksResponse
+ */
+export type DispatchTasksResponse = Message<"taskstream.v1.DispatchTasksResponse"> & {
+  /**
+   * One per request, in the order of the requests.
+   *
+   * @generated from field: repeated taskstream.v1.DispatchTaskResult results = 1;
+   */
+  results: DispatchTaskResult[];
+};
+
+/**
+ * Describes the message taskstream.v1.DispatchTasksResponse.
+ * Use `create(DispatchTasksResponseSchema)` to create a new message.
+ */
+export const DispatchTasksResponseSchema: GenMessage<DispatchTasksResponse> = /*@__PURE__*/
+  messageDesc(file_taskstream_v1_task_service, 4);
+
+/**
+ * How one dispatch of a DispatchTasks call ended.
+ *
+ * @generated from message taskstream.v1.DispatchTaskResult
+ */
+export type DispatchTaskResult = Message<"taskstream.v1.DispatchTaskResult"> & {
+  /**
+   * @generated from oneof taskstream.v1.DispatchTaskResult.outcome
+   */
+  outcome: {
+    /**
+     * What DispatchTask would have answered.
+     *
+     * @generated from field: taskstream.v1.DispatchTaskResponse dispatched = 1;
+     */
+    value: DispatchTaskResponse;
+    case: "dispatched";
+  } | {
+    /**
+     * Why this dispatch did nothing.
+     *
+     * @generated from field: taskstream.v1.ItemError error = 2;
+     */
+    value: ItemError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message taskstream.v1.DispatchTaskResult.
+ * Use `create(DispatchTaskResultSchema)` to create a new message.
+ */
+export const DispatchTaskResultSchema: GenMessage<DispatchTaskResult> = /*@__PURE__*/
+  messageDesc(file_taskstream_v1_task_service, 5);
+
+/**
  * @generated from message taskstream.v1.CancelTaskRequest
  */
 export type CancelTaskRequest = Message<"taskstream.v1.CancelTaskRequest"> & {
@@ -196,7 +269,7 @@ export type CancelTaskRequest = Message<"taskstream.v1.CancelTaskRequest"> & {
  * Use `create(CancelTaskRequestSchema)` to create a new message.
  */
 export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 3);
+  messageDesc(file_taskstream_v1_task_service, 6);
 
 /**
  * @generated from message taskstream.v1.CancelTaskResponse
@@ -213,7 +286,7 @@ export type CancelTaskResponse = Message<"taskstream.v1.CancelTaskResponse"> & {
  * Use `create(CancelTaskResponseSchema)` to create a new message.
  */
 export const CancelTaskResponseSchema: GenMessage<CancelTaskResponse> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 4);
+  messageDesc(file_taskstream_v1_task_service, 7);
 
 /**
  * @generated from message taskstream.v1.ResumeTaskRequest
@@ -244,7 +317,7 @@ export type ResumeTaskRequest = Message<"taskstream.v1.ResumeTaskRequest"> & {
  * Use `create(ResumeTaskRequestSchema)` to create a new message.
  */
 export const ResumeTaskRequestSchema: GenMessage<ResumeTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 5);
+  messageDesc(file_taskstream_v1_task_service, 8);
 
 /**
  * @generated from message taskstream.v1.ResumeTaskResponse
@@ -266,7 +339,7 @@ export type ResumeTaskResponse = Message<"taskstream.v1.ResumeTaskResponse"> & {
  * Use `create(ResumeTaskResponseSchema)` to create a new message.
  */
 export const ResumeTaskResponseSchema: GenMessage<ResumeTaskResponse> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 6);
+  messageDesc(file_taskstream_v1_task_service, 9);
 
 /**
  * @generated from message taskstream.v1.GetTaskRequest
@@ -283,7 +356,7 @@ export type GetTaskRequest = Message<"taskstream.v1.GetTaskRequest"> & {
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema: GenMessage<GetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 7);
+  messageDesc(file_taskstream_v1_task_service, 10);
 
 /**
  * @generated from message taskstream.v1.GetTaskResponse
@@ -300,7 +373,7 @@ export type GetTaskResponse = Message<"taskstream.v1.GetTaskResponse"> & {
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema: GenMessage<GetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 8);
+  messageDesc(file_taskstream_v1_task_service, 11);
 
 /**
  * Tasks whose chosen time is in [start_time, end_time). Either bound may be
@@ -331,7 +404,7 @@ export type TimeRange = Message<"taskstream.v1.TimeRange"> & {
  * Use `create(TimeRangeSchema)` to create a new message.
  */
 export const TimeRangeSchema: GenMessage<TimeRange> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 9);
+  messageDesc(file_taskstream_v1_task_service, 12);
 
 /**
  * @generated from message taskstream.v1.ListTasksRequest
@@ -391,7 +464,7 @@ export type ListTasksRequest = Message<"taskstream.v1.ListTasksRequest"> & {
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 10);
+  messageDesc(file_taskstream_v1_task_service, 13);
 
 /**
  * @generated from message taskstream.v1.ListTasksResponse
@@ -422,7 +495,7 @@ export type ListTasksResponse = Message<"taskstream.v1.ListTasksResponse"> & {
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 11);
+  messageDesc(file_taskstream_v1_task_service, 14);
 
 /**
  * @generated from message taskstream.v1.ListTaskEventsRequest
@@ -451,7 +524,7 @@ export type ListTaskEventsRequest = Message<"taskstream.v1.ListTaskEventsRequest
  * Use `create(ListTaskEventsRequestSchema)` to create a new message.
  */
 export const ListTaskEventsRequestSchema: GenMessage<ListTaskEventsRequest> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 12);
+  messageDesc(file_taskstream_v1_task_service, 15);
 
 /**
  * @generated from message taskstream.v1.ListTaskEventsResponse
@@ -478,7 +551,7 @@ export type ListTaskEventsResponse = Message<"taskstream.v1.ListTaskEventsRespon
  * Use `create(ListTaskEventsResponseSchema)` to create a new message.
  */
 export const ListTaskEventsResponseSchema: GenMessage<ListTaskEventsResponse> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 13);
+  messageDesc(file_taskstream_v1_task_service, 16);
 
 /**
  * @generated from message taskstream.v1.StreamTasksRequest
@@ -517,7 +590,7 @@ export type StreamTasksRequest = Message<"taskstream.v1.StreamTasksRequest"> & {
  * Use `create(StreamTasksRequestSchema)` to create a new message.
  */
 export const StreamTasksRequestSchema: GenMessage<StreamTasksRequest> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 14);
+  messageDesc(file_taskstream_v1_task_service, 17);
 
 /**
  * @generated from message taskstream.v1.StreamTasksResponse
@@ -552,7 +625,7 @@ export type StreamTasksResponse = Message<"taskstream.v1.StreamTasksResponse"> &
  * Use `create(StreamTasksResponseSchema)` to create a new message.
  */
 export const StreamTasksResponseSchema: GenMessage<StreamTasksResponse> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 15);
+  messageDesc(file_taskstream_v1_task_service, 18);
 
 /**
  * Ends the snapshot: it showed the running tasks as of this sequence, and
@@ -572,7 +645,7 @@ export type SnapshotComplete = Message<"taskstream.v1.SnapshotComplete"> & {
  * Use `create(SnapshotCompleteSchema)` to create a new message.
  */
 export const SnapshotCompleteSchema: GenMessage<SnapshotComplete> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 16);
+  messageDesc(file_taskstream_v1_task_service, 19);
 
 /**
  * Sent when the stream is idle, so a client can advance its cursor.
@@ -598,7 +671,7 @@ export type StreamHeartbeat = Message<"taskstream.v1.StreamHeartbeat"> & {
  * Use `create(StreamHeartbeatSchema)` to create a new message.
  */
 export const StreamHeartbeatSchema: GenMessage<StreamHeartbeat> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_task_service, 17);
+  messageDesc(file_taskstream_v1_task_service, 20);
 
 /**
  * What a dispatch does when its agent, or the server, runs as many tasks as
@@ -692,6 +765,22 @@ export const TaskService: GenService<{
     methodKind: "unary";
     input: typeof DispatchTaskRequestSchema;
     output: typeof DispatchTaskResponseSchema;
+  },
+  /**
+   * Dispatches up to 1000 tasks in one call, each exactly as DispatchTask
+   * would, and answers one result per request, in order. Every request is
+   * validated first: an invalid one fails the whole call with
+   * INVALID_ARGUMENT (field "requests[i].<field>") and dispatches nothing.
+   * A refusal (CONCURRENCY_LIMIT) is that item's result; the others go on.
+   * Two requests with the same identity make one task; the later one reports
+   * created = false.
+   *
+   * @generated from rpc taskstream.v1.TaskService.DispatchTasks
+   */
+  dispatchTasks: {
+    methodKind: "unary";
+    input: typeof DispatchTasksRequestSchema;
+    output: typeof DispatchTasksResponseSchema;
   },
   /**
    * Cancels a pending or suspended task at once; for a running task, records

@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
-import type { Lease, Task, TaskError } from "./task_pb.js";
+import type { ItemError, Lease, Task, TaskError, TaskStatus } from "./task_pb.js";
 import { file_taskstream_v1_task } from "./task_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskstream/v1/worker_service.proto.
  */
 export const file_taskstream_v1_worker_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJ0YXNrc3RyZWFtL3YxL3dvcmtlcl9zZXJ2aWNlLnByb3RvEg10YXNrc3RyZWFtLnYxIqkBChFDbGFpbVRhc2tzUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKdG9vbF9uYW1lcxgCIAMoCRIRCgltYXhfdGFza3MYAyABKAUSJwoEd2FpdBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIxCg5sZWFzZV9kdXJhdGlvbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI/ChJDbGFpbVRhc2tzUmVzcG9uc2USKQoFdGFza3MYASADKAsyGi50YXNrc3RyZWFtLnYxLkNsYWltZWRUYXNrIlUKC0NsYWltZWRUYXNrEiEKBHRhc2sYASABKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sSIwoFbGVhc2UYAiABKAsyFC50YXNrc3RyZWFtLnYxLkxlYXNlImgKEEhlYXJ0YmVhdFJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRIxCg5sZWFzZV9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJSChFIZWFydGJlYXRSZXNwb25zZRIjCgVsZWFzZRgBIAEoCzIULnRhc2tzdHJlYW0udjEuTGVhc2USGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCJgChNSZXBvcnRPdXRwdXRSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSJgoGb3V0cHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIigKFFJlcG9ydE91dHB1dFJlc3BvbnNlEhAKCHNlcXVlbmNlGAEgASgDImAKE0NvbXBsZXRlVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRImCgZyZXN1bHQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiOQoUQ29tcGxldGVUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLnRhc2tzdHJlYW0udjEuVGFzayJdCg9GYWlsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRInCgVlcnJvchgDIAEoCzIYLnRhc2tzdHJlYW0udjEuVGFza0Vycm9yIjUKEEZhaWxUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLnRhc2tzdHJlYW0udjEuVGFzayJgChJTdXNwZW5kVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRInCgdwYXlsb2FkGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIjgKE1N1c3BlbmRUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLnRhc2tzdHJlYW0udjEuVGFzazKHBAoNV29ya2VyU2VydmljZRJRCgpDbGFpbVRhc2tzEiAudGFza3N0cmVhbS52MS5DbGFpbVRhc2tzUmVxdWVzdBohLnRhc2tzdHJlYW0udjEuQ2xhaW1UYXNrc1Jlc3BvbnNlEk4KCUhlYXJ0YmVhdBIfLnRhc2tzdHJlYW0udjEuSGVhcnRiZWF0UmVxdWVzdBogLnRhc2tzdHJlYW0udjEuSGVhcnRiZWF0UmVzcG9uc2USVwoMUmVwb3J0T3V0cHV0EiIudGFza3N0cmVhbS52MS5SZXBvcnRPdXRwdXRSZXF1ZXN0GiMudGFza3N0cmVhbS52MS5SZXBvcnRPdXRwdXRSZXNwb25zZRJXCgxDb21wbGV0ZVRhc2sSIi50YXNrc3RyZWFtLnYxLkNvbXBsZXRlVGFza1JlcXVlc3QaIy50YXNrc3RyZWFtLnYxLkNvbXBsZXRlVGFza1Jlc3BvbnNlEksKCEZhaWxUYXNrEh4udGFza3N0cmVhbS52MS5GYWlsVGFza1JlcXVlc3QaHy50YXNrc3RyZWFtLnYxLkZhaWxUYXNrUmVzcG9uc2USVAoLU3VzcGVuZFRhc2sSIS50YXNrc3RyZWFtLnYxLlN1c3BlbmRUYXNrUmVxdWVzdBoiLnRhc2tzdHJlYW0udjEuU3VzcGVuZFRhc2tSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_taskstream_v1_task]);
+  fileDesc("CiJ0YXNrc3RyZWFtL3YxL3dvcmtlcl9zZXJ2aWNlLnByb3RvEg10YXNrc3RyZWFtLnYxIqkBChFDbGFpbVRhc2tzUmVxdWVzdBIRCgl3b3JrZXJfaWQYASABKAkSEgoKdG9vbF9uYW1lcxgCIAMoCRIRCgltYXhfdGFza3MYAyABKAUSJwoEd2FpdBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIxCg5sZWFzZV9kdXJhdGlvbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI/ChJDbGFpbVRhc2tzUmVzcG9uc2USKQoFdGFza3MYASADKAsyGi50YXNrc3RyZWFtLnYxLkNsYWltZWRUYXNrIlUKC0NsYWltZWRUYXNrEiEKBHRhc2sYASABKAsyEy50YXNrc3RyZWFtLnYxLlRhc2sSIwoFbGVhc2UYAiABKAsyFC50YXNrc3RyZWFtLnYxLkxlYXNlImgKEEhlYXJ0YmVhdFJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRIxCg5sZWFzZV9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJSChFIZWFydGJlYXRSZXNwb25zZRIjCgVsZWFzZRgBIAEoCzIULnRhc2tzdHJlYW0udjEuTGVhc2USGAoQY2FuY2VsX3JlcXVlc3RlZBgCIAEoCCJgChNSZXBvcnRPdXRwdXRSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSJgoGb3V0cHV0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIigKFFJlcG9ydE91dHB1dFJlc3BvbnNlEhAKCHNlcXVlbmNlGAEgASgDImAKE0NvbXBsZXRlVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRImCgZyZXN1bHQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiOQoUQ29tcGxldGVUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLnRhc2tzdHJlYW0udjEuVGFzayJdCg9GYWlsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRInCgVlcnJvchgDIAEoCzIYLnRhc2tzdHJlYW0udjEuVGFza0Vycm9yIjUKEEZhaWxUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLnRhc2tzdHJlYW0udjEuVGFzayJMChRDb21wbGV0ZVRhc2tzUmVxdWVzdBI0CghyZXF1ZXN0cxgBIAMoCzIiLnRhc2tzdHJlYW0udjEuQ29tcGxldGVUYXNrUmVxdWVzdCJEChVDb21wbGV0ZVRhc2tzUmVzcG9uc2USKwoHcmVzdWx0cxgBIAMoCzIaLnRhc2tzdHJlYW0udjEuVGFza091dGNvbWUiRAoQRmFpbFRhc2tzUmVxdWVzdBIwCghyZXF1ZXN0cxgBIAMoCzIeLnRhc2tzdHJlYW0udjEuRmFpbFRhc2tSZXF1ZXN0IkAKEUZhaWxUYXNrc1Jlc3BvbnNlEisKB3Jlc3VsdHMYASADKAsyGi50YXNrc3RyZWFtLnYxLlRhc2tPdXRjb21lInMKC1Rhc2tPdXRjb21lEikKBnN0YXR1cxgBIAEoDjIZLnRhc2tzdHJlYW0udjEuVGFza1N0YXR1cxIQCghzZXF1ZW5jZRgCIAEoAxInCgVlcnJvchgDIAEoCzIYLnRhc2tzdHJlYW0udjEuSXRlbUVycm9yImAKElN1c3BlbmRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhAKCGxlYXNlX2lkGAIgASgJEicKB3BheWxvYWQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiOAoTU3VzcGVuZFRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMudGFza3N0cmVhbS52MS5UYXNrMrMFCg1Xb3JrZXJTZXJ2aWNlElEKCkNsYWltVGFza3MSIC50YXNrc3RyZWFtLnYxLkNsYWltVGFza3NSZXF1ZXN0GiEudGFza3N0cmVhbS52MS5DbGFpbVRhc2tzUmVzcG9uc2USTgoJSGVhcnRiZWF0Eh8udGFza3N0cmVhbS52MS5IZWFydGJlYXRSZXF1ZXN0GiAudGFza3N0cmVhbS52MS5IZWFydGJlYXRSZXNwb25zZRJXCgxSZXBvcnRPdXRwdXQSIi50YXNrc3RyZWFtLnYxLlJlcG9ydE91dHB1dFJlcXVlc3QaIy50YXNrc3RyZWFtLnYxLlJlcG9ydE91dHB1dFJlc3BvbnNlElcKDENvbXBsZXRlVGFzaxIiLnRhc2tzdHJlYW0udjEuQ29tcGxldGVUYXNrUmVxdWVzdBojLnRhc2tzdHJlYW0udjEuQ29tcGxldGVUYXNrUmVzcG9uc2USSwoIRmFpbFRhc2sSHi50YXNrc3RyZWFtLnYxLkZhaWxUYXNrUmVxdWVzdBofLnRhc2tzdHJlYW0udjEuRmFpbFRhc2tSZXNwb25zZRJaCg1Db21wbGV0ZVRhc2tzEiMudGFza3N0cmVhbS52MS5Db21wbGV0ZVRhc2tzUmVxdWVzdBokLnRhc2tzdHJlYW0udjEuQ29tcGxldGVUYXNrc1Jlc3BvbnNlEk4KCUZhaWxUYXNrcxIfLnRhc2tzdHJlYW0udjEuRmFpbFRhc2tzUmVxdWVzdBogLnRhc2tzdHJlYW0udjEuRmFpbFRhc2tzUmVzcG9uc2USVAoLU3VzcGVuZFRhc2sSIS50YXNrc3RyZWFtLnYxLlN1c3BlbmRUYXNrUmVxdWVzdBoiLnRhc2tzdHJlYW0udjEuU3VzcGVuZFRhc2tSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_taskstream_v1_task]);
 
 /**
  * @generated from message taskstream.v1.ClaimTasksRequest
@@ -292,6 +292,121 @@ export const FailTaskResponseSchema: GenMessage<FailTaskResponse> = /*@__PURE__*
   messageDesc(file_taskstream_v1_worker_service, 10);
 
 /**
+ * @generated from message taskstream.v1.CompleteTasksRequest
+ */
+export type CompleteTasksRequest = Message<"taskstream.v1.CompleteTasksRequest"> & {
+  /**
+   * One to 1000 completions.
+   *
+   * @generated from field: repeated taskstream.v1.CompleteTaskRequest requests = 1;
+   */
+  requests: CompleteTaskRequest[];
+};
+
+/**
+ * Describes the message taskstream.v1.CompleteTasksRequest.
+ * Use `create(CompleteTasksRequestSchema)` to create a new message.
+ */
+export const CompleteTasksRequestSchema: GenMessage<CompleteTasksRequest> = /*@__PURE__*/
+  messageDesc(file_taskstream_v1_worker_service, 11);
+
+/**
+ * @generated from message taskstream.v1.CompleteTasksResponse
+ */
+export type CompleteTasksResponse = Message<"taskstream.v1.CompleteTasksResponse"> & {
+  /**
+   * One per request, in the order of the requests.
+   *
+   * @generated from field: repeated taskstream.v1.TaskOutcome results = 1;
+   */
+  results: TaskOutcome[];
+};
+
+/**
+ * Describes the message taskstream.v1.CompleteTasksResponse.
+ * Use `create(CompleteTasksResponseSchema)` to create a new message.
+ */
+export const CompleteTasksResponseSchema: GenMessage<CompleteTasksResponse> = /*@__PURE__*/
+  messageDesc(file_taskstream_v1_worker_service, 12);
+
+/**
+ * @generated from message taskstream.v1.FailTasksRequest
+ */
+export type FailTasksRequest = Message<"taskstream.v1.FailTasksRequest"> & {
+  /**
+   * One to 1000 failures.
+   *
+   * @generated from field: repeated taskstream.v1.FailTaskRequest requests = 1;
+   */
+  requests: FailTaskRequest[];
+};
+
+/**
+ * Describes the message taskstream.v1.FailTasksRequest.
+ * Use `create(FailTasksRequestSchema)` to create a new message.
+ */
+export const FailTasksRequestSchema: GenMessage<FailTasksRequest> = /*@__PURE__*/
+  messageDesc(file_taskstream_v1_worker_service, 13);
+
+/**
+ * @generated from message taskstream.v1.FailTasksResponse
+ */
+export type FailTasksResponse = Message<"taskstream.v1.FailTasksResponse"> & {
+  /**
+   * One per request, in the order of the requests.
+   *
+   * @generated from field: repeated taskstream.v1.TaskOutcome results = 1;
+   */
+  results: TaskOutcome[];
+};
+
+/**
+ * Describes the message taskstream.v1.FailTasksResponse.
+ * Use `create(FailTasksResponseSchema)` to create a new message.
+ */
+export const FailTasksResponseSchema: GenMessage<FailTasksResponse> = /*@__PURE__*/
+  messageDesc(file_taskstream_v1_worker_service, 14);
+
+/**
+ * What one item of a batch call did to its task. Lean on purpose: read the
+ * task with GetTask, or its events from StreamTasks, when more is needed.
+ *
+ * @generated from message taskstream.v1.TaskOutcome
+ */
+export type TaskOutcome = Message<"taskstream.v1.TaskOutcome"> & {
+  /**
+   * What the task is now: COMPLETED after CompleteTasks; after FailTasks
+   * PENDING when it will be retried, FAILED, or CANCELLED when its cancel was
+   * requested. Unspecified when error is set.
+   *
+   * @generated from field: taskstream.v1.TaskStatus status = 1;
+   */
+  status: TaskStatus;
+
+  /**
+   * The sequence of the event this item appended; 0 when error is set.
+   *
+   * @generated from field: int64 sequence = 2;
+   */
+  sequence: bigint;
+
+  /**
+   * Set when this item did nothing: the error its single call would have
+   * failed with.
+   *
+   * @generated from field: taskstream.v1.ItemError error = 3;
+   */
+  error?: ItemError | undefined;
+};
+
+/**
+ * Describes the message taskstream.v1.TaskOutcome.
+ * Use `create(TaskOutcomeSchema)` to create a new message.
+ */
+export const TaskOutcomeSchema: GenMessage<TaskOutcome> = /*@__PURE__*/
+  messageDesc(file_taskstream_v1_worker_service, 15);
+
+/**
  * @generated from message taskstream.v1.SuspendTaskRequest
  */
 export type SuspendTaskRequest = Message<"taskstream.v1.SuspendTaskRequest"> & {
@@ -316,7 +431,7 @@ export type SuspendTaskRequest = Message<"taskstream.v1.SuspendTaskRequest"> & {
  * Use `create(SuspendTaskRequestSchema)` to create a new message.
  */
 export const SuspendTaskRequestSchema: GenMessage<SuspendTaskRequest> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_worker_service, 11);
+  messageDesc(file_taskstream_v1_worker_service, 16);
 
 /**
  * @generated from message taskstream.v1.SuspendTaskResponse
@@ -333,7 +448,7 @@ export type SuspendTaskResponse = Message<"taskstream.v1.SuspendTaskResponse"> &
  * Use `create(SuspendTaskResponseSchema)` to create a new message.
  */
 export const SuspendTaskResponseSchema: GenMessage<SuspendTaskResponse> = /*@__PURE__*/
-  messageDesc(file_taskstream_v1_worker_service, 12);
+  messageDesc(file_taskstream_v1_worker_service, 17);
 
 /**
  * Workers in any language claim tasks and report on them. A worker is a loop
@@ -393,6 +508,32 @@ export const WorkerService: GenService<{
     methodKind: "unary";
     input: typeof FailTaskRequestSchema;
     output: typeof FailTaskResponseSchema;
+  },
+  /**
+   * Completes up to 1000 tasks in one call, each exactly as CompleteTask
+   * would, and answers one outcome per request, in order: a worker finishing
+   * the batch ClaimTasks gave it. Every request is validated first: an
+   * invalid one fails the whole call with INVALID_ARGUMENT (field
+   * "requests[i].<field>") and changes nothing. A refusal (a lost lease, an
+   * unknown task, a wrong status) is that item's outcome; the others commit.
+   *
+   * @generated from rpc taskstream.v1.WorkerService.CompleteTasks
+   */
+  completeTasks: {
+    methodKind: "unary";
+    input: typeof CompleteTasksRequestSchema;
+    output: typeof CompleteTasksResponseSchema;
+  },
+  /**
+   * Fails up to 1000 tasks in one call, each exactly as FailTask would; the
+   * same rules as CompleteTasks.
+   *
+   * @generated from rpc taskstream.v1.WorkerService.FailTasks
+   */
+  failTasks: {
+    methodKind: "unary";
+    input: typeof FailTasksRequestSchema;
+    output: typeof FailTasksResponseSchema;
   },
   /**
    * Suspends the task until a producer calls ResumeTask.
