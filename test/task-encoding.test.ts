@@ -1,7 +1,12 @@
 import { isDeepStrictEqual } from "node:util";
 import { fromBinary, toBinary, type JsonValue } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TaskSchema, TaskStatus, type Task } from "../gen/taskstream/v1/task_pb.js";
+import { fromJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { TaskEventSchema, TaskSchema, TaskStatus, type Task } from "../gen/taskstream/v1/task_pb.js";
+import { durationFromMs, timestampFromMs } from "../src/domain/time.js";
+import { eventFor, runningKind, type EventKind } from "../src/storage/event-log.js";
+import { eventBytes } from "../src/storage/event-wire.js";
 import type { TaskRow } from "../src/storage/schema.js";
 import { taskBytes, taskFromRow } from "../src/storage/task-rows.js";
 import { WireWriter } from "../src/storage/wire-writer.js";
@@ -217,6 +222,36 @@ describe("taskBytes", () => {
   it("refuses columns that are not what storage writes", () => {
     for (const bad of [{ args: "[1]" }, { args: "null" }, { args: "not json" }, { result: "{" }, { error: '{"message": 5}' }, { error: '{"other": 1}' }]) {
       expect(() => taskBytes(row(bad)), JSON.stringify(bad)).toThrow();
+    }
+  });
+});
+
+describe("eventBytes", () => {
+  const kinds = (random: () => number): EventKind[] => [
+    { case: "queued", value: { args: randomObject(random, 3), maxRetries: Math.floor(random() * 5), timeout: durationFromMs(Math.floor(random() * 1e7)) } },
+    runningKind(randomRow(random, 0)),
+    runningKind({ ...randomRow(random, 1), resume_data: JSON.stringify(randomJson(random, 2)) }),
+    { case: "output", value: { output: fromJson(ValueSchema, randomJson(random, 3)) } },
+    { case: "completed", value: { result: fromJson(ValueSchema, randomJson(random, 2)) } },
+    { case: "completed", value: {} },
+    { case: "failed", value: { error: { message: "boom", retryable: true }, status: TaskStatus.FAILED, retryTime: timestampFromMs(1_700_000_000_123) } },
+    { case: "cancelled", value: { reason: "not needed" } },
+    { case: "suspended", value: { payload: fromJson(ValueSchema, randomJson(random, 2)) } },
+    { case: "resumed", value: { resumeData: fromJson(ValueSchema, randomJson(random, 2)) } },
+  ];
+
+  it("decodes to eventFor(...) for every kind, on random and edge rows", () => {
+    const random = prng(7);
+    const w = new WireWriter(16);
+    const rows = [...edgeRows(), ...Array.from({ length: 300 }, (_, i) => randomRow(random, i))];
+    for (const [i, task] of rows.entries()) {
+      for (const kind of kinds(random)) {
+        const sequence = i === 0 ? 0 : 1 + Math.floor(random() * 2 ** 40);
+        const now = Math.floor(random() * 2e12);
+        const decoded = fromBinary(TaskEventSchema, eventBytes(w, task, kind, sequence, now));
+        const expected = fromBinary(TaskEventSchema, toBinary(TaskEventSchema, eventFor(task, kind, sequence, now)));
+        if (!isDeepStrictEqual(decoded, expected)) expect(decoded).toEqual(expected);
+      }
     }
   });
 });

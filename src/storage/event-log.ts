@@ -1,9 +1,11 @@
-import { create, fromBinary, fromJson, toBinary, type JsonObject, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
+import { create, fromBinary, fromJson, type JsonObject, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { sql, type Kysely, type Transaction } from "kysely";
 import { TaskEventSchema, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
 import { timestampFromMs } from "../domain/time.js";
 import { binaryChunks } from "./batch-statements.js";
+import { eventBytes } from "./event-wire.js";
+import { WireWriter } from "./wire-writer.js";
 import type { Database, EventRow, TaskRow } from "./schema.js";
 
 /** The payload of one event: which oneof case, and its message. */
@@ -23,7 +25,7 @@ export async function appendEvents(
   trx: Transaction<Database>,
   entries: { task: TaskRow; kind: EventKind }[],
   now: number,
-): Promise<TaskEvent[]> {
+): Promise<AppendedEvent[]> {
   if (entries.length === 0) return [];
   const head = await trx
     .updateTable("log_head")
@@ -32,9 +34,15 @@ export async function appendEvents(
     .returning("last_sequence")
     .executeTakeFirstOrThrow();
   const first = head.last_sequence - entries.length + 1;
-  const events = entries.map(({ task, kind }, i) => eventFor(task, kind, first + i, now));
-  for (const chunk of binaryChunks(events)) await trx.insertInto("events").values(chunk.map((event) => eventRow(event, now))).execute();
-  return events;
+  const rows = entries.map(({ task, kind }, i) => eventRow(task, kind, first + i, now));
+  for (const chunk of binaryChunks(rows)) await trx.insertInto("events").values(chunk).execute();
+  return rows.map((row) => ({ taskId: row.task_id, sequence: row.sequence }));
+}
+
+/** Where an appended event went in the log. */
+export interface AppendedEvent {
+  taskId: string;
+  sequence: number;
 }
 
 /** The `running` event of a task as its row stands: what it runs, since when, and where. */
@@ -146,7 +154,7 @@ export async function logBounds(db: Kysely<Database>): Promise<{ last: number; t
   return { last: head.last_sequence, trimmedThrough: head.trimmed_through };
 }
 
-/** A task's event: its identity and status from the row, with the given kind. */
+/** A task's event: its identity and status from the row, with the given kind (what eventBytes encodes). */
 export function eventFor(task: TaskRow, kind: EventKind, sequence: number, now: number): TaskEvent {
   return create(TaskEventSchema, {
     sequence: BigInt(sequence),
@@ -164,18 +172,21 @@ export function eventFor(task: TaskRow, kind: EventKind, sequence: number, now: 
   });
 }
 
-function eventRow(event: TaskEvent, now: number): EventRow {
+/** One writer for every payload: eventBytes copies its bytes out. */
+const payloadWriter = new WireWriter(1024);
+
+function eventRow(task: TaskRow, kind: EventKind, sequence: number, now: number): EventRow {
   return {
-    sequence: Number(event.sequence),
-    task_id: event.taskId,
-    tool_name: event.toolName,
-    tool_call_id: event.toolCallId,
-    agent_id: event.agentId,
-    run_id: event.runId,
-    thread_id: event.threadId,
-    resource_id: event.resourceId,
-    kind: event.kind.case ?? "",
+    sequence,
+    task_id: task.task_id,
+    tool_name: task.tool_name,
+    tool_call_id: task.tool_call_id,
+    agent_id: task.agent_id,
+    run_id: task.run_id,
+    thread_id: task.thread_id,
+    resource_id: task.resource_id,
+    kind: kind.case,
     event_time: now,
-    payload: toBinary(TaskEventSchema, event),
+    payload: eventBytes(payloadWriter, task, kind, sequence, now),
   };
 }

@@ -100,9 +100,8 @@ const LEN = WireType.LengthDelimited;
 const Varint = WireType.Varint;
 const tag = (no: number, wireType: WireType) => (no << 3) | wireType;
 
-/** A proto3 string field: left out when empty. */
 function string(w: WireWriter, no: number, value: string): void {
-  if (value !== "") w.uint32(tag(no, LEN)).string(value);
+  w.stringField(no, value);
 }
 
 /** A Timestamp field as timestampFromMs makes it: left out for 0 (not set). */
@@ -115,15 +114,8 @@ function duration(w: WireWriter, no: number, ms: number): void {
   secondsAndNanos(w, no, ms);
 }
 
-/** Timestamp and Duration alike: { int64 seconds = 1; int32 nanos = 2; }. */
 function secondsAndNanos(w: WireWriter, no: number, ms: number): void {
-  const seconds = Math.floor(ms / 1000);
-  const nanos = (ms % 1000) * 1_000_000;
-  w.uint32(tag(no, LEN));
-  const start = w.begin();
-  if (seconds !== 0) w.uint32(tag(1, Varint)).int64(seconds);
-  if (nanos !== 0) w.uint32(tag(2, Varint)).int32(nanos);
-  w.end(start);
+  w.secondsNanosField(no, ms);
 }
 
 /**

@@ -128,6 +128,22 @@ export class WireWriter {
     return this;
   }
 
+  /** A proto3 string field: left out when empty. */
+  stringField(no: number, value: string): this {
+    return value === "" ? this : this.tag(no, WireType.LengthDelimited).string(value);
+  }
+
+  /** A Timestamp or Duration field ({ int64 seconds = 1; int32 nanos = 2; }) of `ms` milliseconds, always written. */
+  secondsNanosField(no: number, ms: number): this {
+    const seconds = Math.floor(ms / 1000);
+    const nanos = (ms % 1000) * 1_000_000;
+    this.tag(no, WireType.LengthDelimited);
+    const start = this.begin();
+    if (seconds !== 0) this.tag(1, WireType.Varint).int64(seconds);
+    if (nanos !== 0) this.tag(2, WireType.Varint).int32(nanos);
+    return this.end(start);
+  }
+
   /** Starts a length-delimited value; returns what `end` needs. */
   begin(): number {
     this.ensure(1);
