@@ -1,18 +1,27 @@
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { sql } from "kysely";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import BetterSqlite3 from "better-sqlite3";
+import { Kysely, SqliteDialect, sql } from "kysely";
 import { loadavg } from "node:os";
 import { promisify } from "node:util";
 import { gunzip, gzip } from "node:zlib";
 import type { Task } from "../../gen/taskstream/v1/task_pb.js";
-import { GetTaskResponseSchema, ListTasksResponseSchema, TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
-import type { TaskRow } from "../../src/storage/schema.js";
+import {
+  GetTaskRequestSchema,
+  GetTaskResponseSchema,
+  ListTasksRequestSchema,
+  ListTasksResponseSchema,
+  TaskService,
+} from "../../gen/taskstream/v1/task_service_pb.js";
+import type { Database, TaskRow } from "../../src/storage/schema.js";
 import { writeTask } from "../../src/storage/task-rows.js";
 import { withEncodedField } from "../../src/service/encoded-response.js";
-import { loadSettings } from "../../src/config.js";
-import { startServer } from "../../src/server/server.js";
+import { isPostgresUrl, openDatabase, type Db } from "../../src/storage/connect.js";
 import { getTask, listTasks } from "../../src/storage/task-queries.js";
+import { cpuSeconds, rssBytes } from "../support/proc-stats.js";
+import { spawnTaskstream } from "../support/server-process.js";
+import { BareGrpcClient } from "./bare-client.js";
 import { listCases, positionAfter, storageQuery, type ListCase, type ListRequest } from "./cases.js";
 import { explainCalls } from "./explain.js";
 import { measure, type MeasureOptions, type Stats } from "./stats.js";
@@ -33,8 +42,10 @@ export interface CaseResult {
   name: string;
   /** How many tasks match (total_size); a range when the case rotates its filter. */
   matches: string;
-  /** Over the network: a connect-node gRPC client calling the in-process server (none: storage only). */
+  /** Over the network: a connect-node gRPC client in this process calling the server process (none: storage only). */
   rpc?: Stats;
+  /** The same calls from a bare HTTP/2 client that decodes nothing: the server's and the network's share. */
+  bare?: Stats;
   /** listTasks / getTask from src/storage, as the handler calls it. */
   storage?: Stats;
   /** listTasks without the COUNT(*) for total_size (first pages only). */
@@ -49,8 +60,9 @@ export interface Breakdown {
   bytes: number;
   gzippedBytes: number;
   steps: { step: string; stats: Stats }[];
-  /** The whole call over gRPC, from the cases. */
+  /** The whole call over gRPC, from the cases, and the same call from the bare HTTP/2 client. */
   call?: Stats;
+  bare?: Stats;
 }
 
 export interface MeasureResult {
@@ -63,15 +75,53 @@ export interface MeasureResult {
   /** 1-minute load average before and after measuring: other work on the machine shows here. */
   loadBefore: number;
   loadAfter: number;
-  rssAfterStartBytes: number;
-  rssBytes: number;
-  maxRssBytes: number;
+  server: ProcessUsage & { rssAfterStartBytes: number };
+  /** This process: the gRPC clients, the storage reader and the breakdown's steps. */
+  client: ProcessUsage;
   seconds: number;
 }
 
+/** What /proc (or process.resourceUsage) says of a process over the measuring. */
+export interface ProcessUsage {
+  rssBytes: number;
+  peakRssBytes: number;
+  cpuSeconds: number;
+}
+
+/** Samples the server process's RSS every 250 ms for its peak, and reads its CPU seconds. */
+class ServerUsage {
+  private peak = 0;
+  private readonly cpu0: number;
+  private readonly timer: NodeJS.Timeout;
+  constructor(private readonly pid: number) {
+    this.cpu0 = cpuSeconds(pid);
+    this.timer = setInterval(() => (this.peak = Math.max(this.peak, rssBytes(pid))), 250);
+  }
+  stop(): ProcessUsage {
+    clearInterval(this.timer);
+    const rss = rssBytes(this.pid);
+    return { rssBytes: rss, peakRssBytes: Math.max(this.peak, rss), cpuSeconds: cpuSeconds(this.pid) - this.cpu0 };
+  }
+}
+
 /**
- * Starts the real server in this process on the seeded database, and times
- * each case over gRPC and straight against storage, one call at a time.
+ * The bench's own handle on the server's database, for the storage column:
+ * SQLite read-only, with prepared statements reused as the server's
+ * connection reuses them; PostgreSQL a pool of its own.
+ */
+function openReader(location: string): Db {
+  if (isPostgresUrl(location)) return openDatabase(location);
+  const file = new BetterSqlite3(location, { readonly: true });
+  const statements = new Map<string, BetterSqlite3.Statement>();
+  const prepare = (text: string) => statements.get(text) ?? statements.set(text, file.prepare(text)).get(text)!;
+  const kysely = new Kysely<Database>({ dialect: new SqliteDialect({ database: { close: () => file.close(), prepare } }) });
+  return { kysely, dialect: "sqlite", close: () => kysely.destroy() };
+}
+
+/**
+ * Starts the real server as a process of its own (`bin/taskstream.js serve`)
+ * on the seeded database, and times each case from this process over gRPC
+ * and straight against storage, one call at a time.
  */
 export async function runCases(request: MeasureRequest, log: (line: string) => void): Promise<MeasureResult> {
   const started = performance.now();
@@ -79,22 +129,36 @@ export async function runCases(request: MeasureRequest, log: (line: string) => v
   // Retention keeps 60 days, as a deployment that keeps this history would set it: the
   // defaults (completed and cancelled tasks 1 h, failed 1 day) would have the server
   // deleting nearly the whole table while it is measured.
-  const keep = 60 * 86_400_000;
-  const server = await startServer(
-    loadSettings([], {}, {
-      host: "127.0.0.1",
-      port: 0,
-      database: request.location,
-      logLevel: "error",
-      retainCompletedMs: keep,
-      retainFailedMs: keep,
-      retainCancelledMs: keep,
-    }),
-  );
-  const rssAfterStartBytes = process.memoryUsage().rss;
-  const db = server.deps.db;
-  const gzipClient = createClient(TaskService, createGrpcTransport({ baseUrl: server.url }));
-  const identityClient = createClient(TaskService, createGrpcTransport({ baseUrl: server.url, acceptCompression: [] }));
+  const keep = String(60 * 86_400_000);
+  const server = await spawnTaskstream([], [
+    "--host", "127.0.0.1", "--port", "0", "--database", request.location, "--log-level", "info",
+    "--retain-completed-ms", keep, "--retain-failed-ms", keep, "--retain-cancelled-ms", keep,
+  ]);
+  const db = openReader(request.location);
+  try {
+    return await measureServer(server.url, server.pid, db, request, log, { started, loadBefore });
+  } finally {
+    await db.close();
+    await server.stop();
+  }
+}
+
+async function measureServer(
+  url: string,
+  serverPid: number,
+  db: Db,
+  request: MeasureRequest,
+  log: (line: string) => void,
+  run: { started: number; loadBefore: number },
+): Promise<MeasureResult> {
+  const rssAfterStartBytes = rssBytes(serverPid);
+  const serverUsage = new ServerUsage(serverPid);
+  const clientCpu0 = process.cpuUsage();
+  const gzipClient = createClient(TaskService, createGrpcTransport({ baseUrl: url }));
+  const identityClient = createClient(TaskService, createGrpcTransport({ baseUrl: url, acceptCompression: [] }));
+  const bareClient = new BareGrpcClient(url);
+  const bareList = (req: ListRequest, gzip: boolean) =>
+    bareClient.call("/taskstream.v1.TaskService/ListTasks", toBinary(ListTasksRequestSchema, create(ListTasksRequestSchema, req)), gzip);
   const options: MeasureOptions = {
     warmup: request.warmup,
     samples: request.samples,
@@ -192,22 +256,28 @@ export async function runCases(request: MeasureRequest, log: (line: string) => v
       : await measure((i) => storageCall(db.kysely, i, !walkedTo), options);
     // A storage-only deep case matches what its first page counts.
     if (c.storageOnly) totals.push((await listTasks(db.kysely, { ...storageQuery(c.request(0)), limit: 1, countTotal: true })).total!);
+    const bare = c.storageOnly ? undefined : await measure((i) => bareList(rpcRequest(i), !c.identity), options);
     const pageOnly = walkedTo || c.identity ? undefined : await measure((i) => storageCall(db.kysely, i, false), options);
     const plans = c.identity ? [] : await explainCalls(db, (k) => storageCall(k, 0, !walkedTo));
-    cases.push({ name: c.name, matches: range(totals), rpc, storage, pageOnly, plans });
-    log(`    gRPC p50 ${rpc?.p50.toFixed(2) ?? "-"} ms, p99 ${rpc?.p99.toFixed(2) ?? "-"} ms; storage p99 ${storage?.p99.toFixed(2) ?? "-"} ms`);
+    cases.push({ name: c.name, matches: range(totals), rpc, bare, storage, pageOnly, plans });
+    log(
+      `    gRPC p50 ${rpc?.p50.toFixed(2) ?? "-"} ms, p99 ${rpc?.p99.toFixed(2) ?? "-"} ms; ` +
+        `bare p99 ${bare?.p99.toFixed(2) ?? "-"} ms; storage p99 ${storage?.p99.toFixed(2) ?? "-"} ms`,
+    );
   }
 
   log("  GetTask");
   const ids = request.sampleIds;
   const id = (i: number) => ids[(i * 7919) % ids.length];
   const rpc = await measure((i) => gzipClient.getTask({ taskId: id(i) }), options);
+  const getPath = "/taskstream.v1.TaskService/GetTask";
+  const bare = await measure((i) => bareClient.call(getPath, toBinary(GetTaskRequestSchema, create(GetTaskRequestSchema, { taskId: id(i) })), true), options);
   const storage = await measure(async (i) => {
     if (!(await getTask(db.kysely, id(i)))) throw new Error(`task ${id(i)} not found`);
   }, options);
   const plans = await explainCalls(db, (k) => getTask(k, id(0)));
-  cases.push({ name: "GetTask (random known ids)", matches: "1", rpc, storage, plans });
-  log(`    gRPC p50 ${rpc.p50.toFixed(2)} ms, p99 ${rpc.p99.toFixed(2)} ms`);
+  cases.push({ name: "GetTask (random known ids)", matches: "1", rpc, bare, storage, plans });
+  log(`    gRPC p50 ${rpc.p50.toFixed(2)} ms, p99 ${rpc.p99.toFixed(2)} ms; bare p99 ${bare.p99.toFixed(2)} ms`);
 
   const breakdowns: Breakdown[] = [];
   if (deep) breakdowns.push(await breakdown(deep.name, deep.rows, cases.find((c) => c.name === deep!.name)!, true, options));
@@ -221,21 +291,23 @@ export async function runCases(request: MeasureRequest, log: (line: string) => v
   // The sweeper and retention run in the server throughout; any change they made appended events.
   const events = Number((await sql<{ n: number | string }>`SELECT count(*) AS n FROM events`.execute(db.kysely)).rows[0].n);
   if (events > 0) log(`  warning: the server changed tasks during the run (${events} events appended)`);
-  const rssBytes = process.memoryUsage().rss;
-  const maxRssBytes = process.resourceUsage().maxRSS * 1024;
-  await server.close();
+  bareClient.close();
+  const clientCpu = process.cpuUsage(clientCpu0);
   return {
     engineVersion: version,
     cases,
     breakdowns,
     walks,
     backgroundEvents: events,
-    loadBefore,
+    loadBefore: run.loadBefore,
     loadAfter: loadavg()[0],
-    rssAfterStartBytes,
-    rssBytes,
-    maxRssBytes,
-    seconds: (performance.now() - started) / 1000,
+    server: { ...serverUsage.stop(), rssAfterStartBytes },
+    client: {
+      rssBytes: process.memoryUsage().rss,
+      peakRssBytes: process.resourceUsage().maxRSS * 1024,
+      cpuSeconds: (clientCpu.user + clientCpu.system) / 1e6,
+    },
+    seconds: (performance.now() - run.started) / 1000,
   };
 }
 
@@ -260,15 +332,15 @@ async function breakdown(name: string, rows: TaskRow[], c: CaseResult, list: boo
   const gzipped = await gzipAsync(bytes);
   const schema = list ? ListTasksResponseSchema : GetTaskResponseSchema;
   const steps: Breakdown["steps"] = [];
-  if (c.storage) steps.push({ step: "storage query", stats: c.storage });
-  steps.push({ step: "encode (as the handler)", stats: await measure(async () => encode(), options) });
+  if (c.storage) steps.push({ step: "server: storage query", stats: c.storage });
+  steps.push({ step: "server: encode (as the handler)", stats: await measure(async () => encode(), options) });
   // connect-node compresses only messages of 1 KiB or more.
   if (bytes.length >= 1024) {
-    steps.push({ step: "gzip (thread pool)", stats: await measure(() => gzipAsync(bytes), options) });
+    steps.push({ step: "server: gzip (thread pool)", stats: await measure(() => gzipAsync(bytes), options) });
     steps.push({ step: "client: gunzip (thread pool)", stats: await measure(() => gunzipAsync(gzipped), options) });
   }
   steps.push({ step: "client: fromBinary", stats: await measure(async () => fromBinary(schema, bytes), options) });
-  return { name, tasks: rows.length, bytes: bytes.length, gzippedBytes: bytes.length >= 1024 ? gzipped.length : bytes.length, steps, call: c.rpc };
+  return { name, tasks: rows.length, bytes: bytes.length, gzippedBytes: bytes.length >= 1024 ? gzipped.length : bytes.length, steps, call: c.rpc, bare: c.bare };
 }
 
 /** "n", or "median (min–max)" when the case's filter rotates. */

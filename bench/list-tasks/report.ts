@@ -27,6 +27,7 @@ const TITLES: Record<Dialect, string> = { sqlite: "SQLite", postgres: "PostgreSQ
 
 const ms = (x: number) => (x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : x.toFixed(0));
 const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(0)} MB`;
+const cores = (cpu: number, seconds: number) => `${(cpu / seconds).toFixed(2)} of a core`;
 const s = (x: number) => (x < 100 ? `${x.toFixed(1)} s` : `${Math.floor(x / 60)} min ${Math.round(x % 60)} s`);
 
 /** Over gRPC, or on storage for a storage-only case. */
@@ -38,12 +39,22 @@ function missesGoal(c: CaseResult, goalMs: number): boolean {
 export function table(report: DialectReport, goalMs: number): string {
   const cells = (x: Stats | undefined, all: boolean) =>
     x === undefined ? (all ? ["–", "–", "–", "–"] : ["–", "–"]) : all ? [ms(x.p50), ms(x.p99), ms(x.max), ms(x.mean)] : [ms(x.p50), ms(x.p99)];
+  const gc = (x: Stats | undefined) => (x === undefined ? "–" : `${(x.gc.share * 100).toFixed(1)}%, ${x.gc.slowWithGc} of ${x.gc.slowCalls}`);
   const flag = (c: CaseResult) => (report.dialect === "sqlite" && missesGoal(c, goalMs) ? " ✗" : "");
   const lines = [
-    "| case | matches | n | gRPC p50 | gRPC p99 | gRPC max | gRPC mean | storage p50 | storage p99 | storage max | storage mean | no COUNT p50 | no COUNT p99 |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| case | matches | n | gRPC p50 | gRPC p99 | gRPC max | gRPC mean | client GC | bare p50 | bare p99 | storage p50 | storage p99 | storage max | storage mean | no COUNT p50 | no COUNT p99 |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ...report.measured.cases.map((c) =>
-      [`${c.name}${flag(c)}`, c.matches, String((c.rpc ?? c.storage)!.n), ...cells(c.rpc, true), ...cells(c.storage, true), ...cells(c.pageOnly, false)]
+      [
+        `${c.name}${flag(c)}`,
+        c.matches,
+        String((c.rpc ?? c.storage)!.n),
+        ...cells(c.rpc, true),
+        gc(c.rpc),
+        ...cells(c.bare, false),
+        ...cells(c.storage, true),
+        ...cells(c.pageOnly, false),
+      ]
         .join(" | ")
         .replace(/^/, "| ")
         .replace(/$/, " |"),
@@ -66,6 +77,7 @@ export function breakdownTable(report: DialectReport): string {
     `| --- | ${bs.map(() => "---:").join(" | ")} |`,
     ...steps.map((step) => `| ${step} | ${bs.map((b) => cell(find(b, step))).join(" | ")} |`),
     `| sum of the steps' p50 | ${bs.map((b) => ms(sum(b))).join(" | ")} |`,
+    `| bare HTTP/2 call: server and network, nothing decoded | ${bs.map((b) => cell(b.bare)).join(" | ")} |`,
     `| the whole gRPC call | ${bs.map((b) => cell(b.call)).join(" | ")} |`,
   ].join("\n");
 }
@@ -88,8 +100,11 @@ export function dialectBlock(report: DialectReport, info: RunInfo): string {
       `${seed.flushMs !== undefined ? `, the file written to disk (fsync) before measuring ${s(seed.flushMs / 1000)}` : ""}.`,
     `- Database size ${mb(seed.dbBytes)}${seed.tasksBytes ? ` (tasks with its indexes ${mb(seed.tasksBytes)})` : ""}` +
       `${seed.allVisible !== undefined ? `; ${(seed.allVisible * 100).toFixed(1)}% of the table's pages all-visible after VACUUM (index-only scans skip the heap there)` : ""}.`,
-    `- RSS of the bench process, which runs the server in-process together with the gRPC client: ` +
-      `${mb(m.rssAfterStartBytes)} after start, ${mb(m.rssBytes)} after the run, ${mb(m.maxRssBytes)} peak.`,
+    `- The server process (\`bin/taskstream.js serve\`): RSS ${mb(m.server.rssAfterStartBytes)} after start, ` +
+      `${mb(m.server.rssBytes)} after the run, ${mb(m.server.peakRssBytes)} peak; ` +
+      `${s(m.server.cpuSeconds)} of CPU while measuring (${cores(m.server.cpuSeconds, m.seconds)}). ` +
+      `The bench process (the gRPC clients, the storage reader, the breakdown's steps): RSS ${mb(m.client.rssBytes)} after the run, ` +
+      `${mb(m.client.peakRssBytes)} peak; ${s(m.client.cpuSeconds)} of CPU (${cores(m.client.cpuSeconds, m.seconds)}).`,
     `- The server's sweeper (every 250 ms) and retention (every minute, set to keep 60 days) ran throughout; ` +
       `they changed ${m.backgroundEvents === 0 ? "no task" : `tasks (${m.backgroundEvents} events appended)`}.`,
     ...walks.map((w) => `- Walked once to reach the deep page: ${w}.`),
@@ -99,8 +114,9 @@ export function dialectBlock(report: DialectReport, info: RunInfo): string {
     "",
     table(report, info.goalMs),
     "",
-    "Where the time of one response goes: each step timed alone, in the same process " +
-      "(the rest of a call is HTTP/2, gRPC framing, the handler and the event loop, shared by client and server):",
+    "Where the time of one response goes: each step timed alone in the bench process, the server's steps as the server runs them " +
+      "(the rest of a call is HTTP/2, gRPC framing, the handler and both event loops); the bare call is the server's and the network's share, " +
+      "the whole call minus it the client's:",
     "",
     breakdownTable(report),
     "",
@@ -157,11 +173,17 @@ function sectionText(info: RunInfo, blocks: Record<Dialect, string | undefined>)
     "",
     "How to read the tables:",
     "",
-    "- Calls are sequential, after a warm-up of the server (1000 first-page calls with gzip and 1000 without, by default) and of each case (100 calls). **gRPC** is the whole call from a connect-node gRPC client " +
+    "- The server is a process of its own, `node bin/taskstream.js serve` on the seeded database, as users run it; " +
+      "the bench process is its client. Calls are sequential, after a warm-up of the server (1000 first-page calls with gzip " +
+      "and 1000 without, by default) and of each case (100 calls). **gRPC** is the whole call from a connect-node gRPC client " +
       "(HTTP/2, accepting gzip as the default client does; responses over 1 KiB come back gzipped) to the server, " +
-      "which runs in the same process as the client: both share one event loop, so a call's time includes the " +
-      "client's decoding. **storage** is `listTasks` / `getTask` from `src/storage/task-queries.ts` called directly " +
-      "on the server's own database handle, as the handler calls it. **no COUNT** is the same first-page call without " +
+      "until the response is decoded into the generated message. **client GC** is the bench process's garbage collection " +
+      "during those calls: its pauses' share of the calls' time, and how many of the calls at or above p99 a pause overlapped. " +
+      "**bare** is the same calls from a bare HTTP/2 client that sends the request's bytes and reads the response's, " +
+      "decoding nothing: the server's and the network's share of a call; gRPC minus bare is the typed client's " +
+      "(gunzip, decoding, connect-node). **storage** is `listTasks` / `getTask` from `src/storage/task-queries.ts`, " +
+      "the calls the handler makes, timed in the bench process on a handle of its own on the same database " +
+      "(SQLite opened read-only) while the server is idle. **no COUNT** is the same first-page call without " +
       "`total_size`; the difference is what counting costs.",
     "- **n** is the number of timed calls: 1000, or fewer when a case's calls are slow (each way of calling a case " +
       "stops after 15 s once it has 200).",
