@@ -225,9 +225,8 @@ for (const dialect of DIALECTS) {
       expect((await t.tasks().listTasks({ filter: { toolName } })).totalSize).toBe(2n);
     });
 
-    // With limits (or claims) the store dispatches a batch's items one call
-    // each; on PostgreSQL those run concurrently, so a later item can win.
-    it.skipIf(dialect === "postgres")("decides a batch's items in their order: the first repeat creates, the first dispatch takes the slot", async () => {
+    // With limits (or claims) the store dispatches a batch's items one by one, in order.
+    it("decides a batch's items in their order: the first repeat creates, the first dispatch takes the slot", async () => {
       const toolName = `tool-${unique()}`;
       const requestId = unique();
       const repeats = await t.tasks().dispatchTasks({ requests: [1, 2, 3].map((n) => ({ toolName, requestId, agentId: `agent-${n}` })) });

@@ -185,7 +185,7 @@ function eventRow(task: TaskRow, kind: EventKind, sequence: number, now: number)
     run_id: task.run_id,
     thread_id: task.thread_id,
     resource_id: task.resource_id,
-    kind: kind.case,
+    kind: kind.case ?? "",
     event_time: now,
     payload: eventBytes(payloadWriter, task, kind, sequence, now),
   };

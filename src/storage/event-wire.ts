@@ -20,7 +20,7 @@ const LEN = WireType.LengthDelimited;
 const Varint = WireType.Varint;
 
 /** TaskEvent's oneof kind: each case's field number and message. */
-const KINDS: Record<EventKind["case"], { no: number; schema: DescMessage }> = {
+const KINDS: Record<NonNullable<EventKind["case"]>, { no: number; schema: DescMessage }> = {
   queued: { no: 20, schema: TaskQueuedSchema },
   running: { no: 21, schema: TaskRunningSchema },
   output: { no: 22, schema: TaskOutputSchema },
@@ -52,6 +52,7 @@ export function eventBytes(w: WireWriter, task: TaskRow, kind: EventKind, sequen
   w.stringField(9, task.resource_id);
   if (task.status !== 0) w.tag(10, Varint).int32(task.status);
   if (task.attempt !== 0) w.tag(11, Varint).int32(task.attempt);
+  if (kind.case === undefined) throw new Error("an event needs a kind");
   w.tag(KINDS[kind.case].no, LEN);
   const start = w.begin();
   writeKind(w, kind);
@@ -82,7 +83,7 @@ function writeKind(w: WireWriter, kind: EventKind): void {
       return;
     }
     default: {
-      const { schema } = KINDS[kind.case];
+      const { schema } = KINDS[kind.case!];
       w.raw(toBinary(schema, create(schema, kind.value as never)));
     }
   }

@@ -156,7 +156,13 @@ export class TaskStore {
    */
   async dispatchMany(items: { input: NewTask; claim?: ClaimBy }[]): Promise<ItemOutcome<Dispatched>[]> {
     if (hasLimits(this.limits) || items.some((item) => item.claim)) {
-      return settle(items.map(({ input, claim }) => this.dispatch(input, claim)));
+      const dispatch = ({ input, claim }: (typeof items)[number]) => this.dispatch(input, claim);
+      // SQLite's group commit runs concurrent changes in arrival order; on
+      // PostgreSQL each commits alone, so the next starts when one is done.
+      if (this.db.dialect === "sqlite") return settle(items.map(dispatch));
+      const outcomes: ItemOutcome<Dispatched>[] = [];
+      for (const item of items) outcomes.push(...(await settle([dispatch(item)])));
+      return outcomes;
     }
     return this.transaction(async (tx) => {
       const rows = items.map(({ input }) => newTaskRow(input, tx.now));
