@@ -10,8 +10,14 @@
  *   npm run bench:lifecycle -- [--tasks 100000] [--dialect sqlite|postgres|both]
  *     [--postgres-tasks N] [--worker-loops 8] [--worker-connections 1] [--max-tasks 100]
  *     [--producers 64] [--producer-connections 1] [--agents 16] [--plain-dispatch]
+ *     [--dispatch-batch 100] [--complete-batch 100]
  *     [--profile] [--profile-only] [--profile-tasks N]
  *     [--readme] [--json out.json] [--from-json a.json,b.json]
+ *
+ * --dispatch-batch N: producers send DispatchTasks with N requests per call
+ * (1: DispatchTask per task, as before batch calls existed). --complete-batch
+ * N: workers complete each claimed batch with CompleteTasks calls of up to N
+ * tasks (1: CompleteTask per task).
  *
  * --json saves the runs' results; --from-json prints (and with --readme
  * writes) the report of saved results instead of running, so long runs can be
@@ -49,6 +55,8 @@ const { values: flags } = parseArgs({
     "producer-connections": { type: "string", default: "1" },
     agents: { type: "string", default: "16" },
     "plain-dispatch": { type: "boolean", default: false },
+    "dispatch-batch": { type: "string", default: "100" },
+    "complete-batch": { type: "string", default: "100" },
     profile: { type: "boolean", default: false },
     "profile-only": { type: "boolean", default: false },
     "profile-tasks": { type: "string" },
@@ -79,6 +87,8 @@ const base: Settings = {
   producerConnections: int("producer-connections", flags["producer-connections"]),
   agents: int("agents", flags.agents),
   plainDispatch: flags["plain-dispatch"],
+  dispatchBatch: int("dispatch-batch", flags["dispatch-batch"]),
+  completeBatch: int("complete-batch", flags["complete-batch"]),
 };
 
 async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: boolean): Promise<RunResult> {
@@ -103,6 +113,7 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
         connections: settings.workerConnections,
         maxTasks: settings.maxTasks,
         waitMs: settings.claimWaitMs,
+        completeBatch: settings.completeBatch,
       };
       const producerConfig: ProducerConfig = {
         url: server.url,
@@ -112,6 +123,7 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
         connections: settings.producerConnections,
         agents: settings.agents,
         plain: settings.plainDispatch,
+        batch: settings.dispatchBatch,
       };
       const worker = new Child<WorkerMessage>("./worker.ts", workerConfig);
       const producer = new Child<ProducerMessage>("./producer.ts", producerConfig);
@@ -238,6 +250,11 @@ function sourceVersion(): string {
 async function main(): Promise<void> {
   if (flags["from-json"]) {
     const saved = flags["from-json"].split(",").flatMap((f) => JSON.parse(readFileSync(f, "utf8")) as RunResult[]);
+    // Results saved before the batch calls made single calls.
+    for (const { settings } of saved) {
+      settings.dispatchBatch ??= 1;
+      settings.completeBatch ??= 1;
+    }
     return report(saved);
   }
   const results: RunResult[] = [];

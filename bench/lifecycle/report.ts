@@ -12,6 +12,10 @@ export interface Settings {
   producerConnections: number;
   agents: number;
   plainDispatch: boolean;
+  /** Requests per DispatchTasks call; 1 is DispatchTask per task. */
+  dispatchBatch: number;
+  /** Tasks per CompleteTasks call; 1 is CompleteTask per task. */
+  completeBatch: number;
 }
 
 export interface RunResult {
@@ -61,10 +65,21 @@ const mib = (n: number) => `${Math.round(n / 2 ** 20)} MiB`;
 export function settingsLine(s: Settings): string {
   return (
     `workers: 1 process, ${s.workerLoops} claim loops over ${s.workerConnections} HTTP/2 connection(s), ` +
-    `ClaimTasks max_tasks ${s.maxTasks} wait ${s.claimWaitMs} ms, then CompleteTask per task (a batch's completes in flight at once); ` +
-    `producers: 1 process, ${s.producers} DispatchTask calls in flight over ${s.producerConnections} connection(s), ` +
+    `ClaimTasks max_tasks ${s.maxTasks} wait ${s.claimWaitMs} ms, then ` +
+    (s.completeBatch > 1
+      ? `CompleteTasks for the claimed batch (up to ${s.completeBatch} tasks a call, a batch's calls in flight at once); `
+      : "CompleteTask per task (a batch's completes in flight at once); ") +
+    `producers: 1 process, ${s.producers} ` +
+    (s.dispatchBatch > 1 ? `DispatchTasks calls of ${s.dispatchBatch} tasks` : "DispatchTask calls") +
+    ` in flight over ${s.producerConnections} connection(s), ` +
     `${s.plainDispatch ? "tool_name and args only (no agent_id or tool_call_id)" : `agent_id, tool_call_id and run_id set (${s.agents} agents)`}; observer: 1 StreamTasks (skip_snapshot) in the bench process`
   );
+}
+
+/** Which calls a run made, for its row: batch calls with their sizes, or single calls. */
+function callsLabel(s: Settings): string {
+  if (s.dispatchBatch === 1 && s.completeBatch === 1) return ", single calls";
+  return `, DispatchTasks ×${s.dispatchBatch} / CompleteTasks ×${s.completeBatch}`;
 }
 
 /** Machine CPU not used by the bench's processes: other work on the machine (and the kernel). */
@@ -79,7 +94,7 @@ export function resultsTable(results: RunResult[]): string {
   ];
   for (const r of results) {
     lines.push(
-      `| ${r.dialect}${r.settings.plainDispatch ? ", plain dispatch" : ""}${r.profile ? " (under --cpu-prof)" : ""} | ${f0(r.settings.tasks)} | ${f1(r.wallSeconds)} s | **${f0(r.tasksPerSecond)}** | ${f0(r.dispatchPerSecond)} | ` +
+      `| ${r.dialect}${callsLabel(r.settings)}${r.settings.plainDispatch ? ", plain dispatch" : ""}${r.profile ? " (under --cpu-prof)" : ""} | ${f0(r.settings.tasks)} | ${f1(r.wallSeconds)} s | **${f0(r.tasksPerSecond)}** | ${f0(r.dispatchPerSecond)} | ` +
         `${f0(r.p50Ms)} ms | ${f0(r.p90Ms)} ms | **${f0(r.p99Ms)} ms** | ${f0(r.maxMs)} ms | ${mib(r.serverRssPeakBytes)} / ${mib(r.serverRssEndBytes)} | ${f2((r.serverCores * r.wallSeconds * 1000) / r.settings.tasks)} ms | ` +
         `${f2(r.serverCores)} / ${r.dialect === "postgres" ? f2(r.postgresCores) : "-"} / ${f2(r.workerCores)} / ${f2(r.producerCores)} / ${f2(r.observerCores)} / ${f2(otherCores(r))} |`,
     );

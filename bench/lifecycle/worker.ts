@@ -1,12 +1,13 @@
 /**
  * The workers, in their own process: `loops` concurrent claim loops over
  * `connections` HTTP/2 connections. Each loop long-polls ClaimTasks for up to
- * `maxTasks` tasks, then completes them all (CompleteTask per task, issued
- * concurrently), and claims again. Stops on {type: "stop"} and reports counts.
+ * `maxTasks` tasks, then completes them all (CompleteTasks calls of up to
+ * `completeBatch` tasks, or with 1 CompleteTask per task, issued concurrently),
+ * and claims again. Stops on {type: "stop"} and reports counts.
  */
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { WorkerService } from "../../gen/taskstream/v1/worker_service_pb.js";
+import { WorkerService, type TaskOutcome } from "../../gen/taskstream/v1/worker_service_pb.js";
 
 export interface WorkerConfig {
   url: string;
@@ -15,6 +16,8 @@ export interface WorkerConfig {
   connections: number;
   maxTasks: number;
   waitMs: number;
+  /** Tasks per CompleteTasks call; 1 sends CompleteTask per task. */
+  completeBatch: number;
 }
 
 export type WorkerMessage =
@@ -62,12 +65,24 @@ async function loop(index: number): Promise<void> {
     }
     if (tasks.length === 0) stats.emptyClaims++;
     stats.claimed += tasks.length;
-    await Promise.all(
-      tasks.map(({ task, lease }) =>
-        client.completeTask({ taskId: task!.taskId, leaseId: lease!.leaseId, result }).then(() => void stats.completed++, failed),
-      ),
-    );
+    const requests = tasks.map(({ task, lease }) => ({ taskId: task!.taskId, leaseId: lease!.leaseId, result }));
+    if (config.completeBatch === 1) {
+      await Promise.all(requests.map((request) => client.completeTask(request).then(() => void stats.completed++, failed)));
+      continue;
+    }
+    const calls = [];
+    for (let i = 0; i < requests.length; i += config.completeBatch) {
+      const batch = requests.slice(i, i + config.completeBatch);
+      calls.push(client.completeTasks({ requests: batch }).then(({ results }) => results.forEach(counted), failed));
+    }
+    await Promise.all(calls);
   }
+}
+
+/** One CompleteTasks outcome: completed, or refused. */
+function counted(outcome: TaskOutcome): void {
+  if (outcome.error) failed(outcome.error.message);
+  else stats.completed++;
 }
 
 const loops = Array.from({ length: config.loops }, (_, i) => loop(i));
