@@ -364,4 +364,33 @@ for (const dialect of DIALECTS) {
       expect((await t.grpcJs.tasks.listTaskEvents({ taskId: task!.taskId })).events).toEqual(all.events);
     });
   });
+
+  describe(`DispatchTasks and ClaimTasks on ${dialect}: every protocol sees the same tasks and leases`, () => {
+    let t: TestServer;
+    beforeAll(async () => {
+      t = await startTestServer(dialect);
+    });
+    afterAll(() => t?.close());
+
+    it.each(PROTOCOLS)("%s", async (protocol) => {
+      const toolName = `claimed-${protocol}-${Math.random().toString(36).slice(2)}`;
+      const requests = [0, 1, 2, 1].map((i) => ({ toolName, requestId: `${toolName}-${i}`, args: { i, nested: { list: [i, "x", null, true] } }, agentId: `a${i}` }));
+      const { results } = await t.tasks(protocol).dispatchTasks({ requests });
+      const dispatched = results.map((r) => (r.outcome.case === "dispatched" ? r.outcome.value : undefined));
+      expect(dispatched.map((d) => d?.created)).toEqual([true, true, true, false]);
+      expect(dispatched[3]!.task).toEqual(dispatched[1]!.task);
+      for (const d of dispatched) expect(d!.task).toEqual((await t.tasks("grpc").getTask({ taskId: d!.task!.taskId })).task);
+
+      const before = Date.now();
+      const { tasks } = await t.workers(protocol).claimTasks({ workerId: "encoder", toolNames: [toolName], maxTasks: 10 });
+      // Tasks created in the same millisecond are claimed in no particular order.
+      const byI = (a: { i?: unknown }, b: { i?: unknown }) => Number(a.i) - Number(b.i);
+      expect(tasks.map((c) => c.task!.args!).sort(byI)).toEqual(requests.slice(0, 3).map((r) => r.args));
+      for (const { task, lease } of tasks) {
+        expect(task).toEqual((await t.tasks("grpc").getTask({ taskId: task!.taskId })).task);
+        expect(lease!.leaseId).toMatch(/^[0-9a-f-]{36}$/);
+        expect(Number(lease!.expireTime!.seconds) * 1000).toBeGreaterThan(before);
+      }
+    });
+  });
 }

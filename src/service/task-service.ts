@@ -2,6 +2,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { fromBinary } from "@bufbuild/protobuf";
 import { TaskEventSchema, TaskStatus, type RetryPolicy } from "../../gen/taskstream/v1/task_pb.js";
 import {
+  DispatchTasksResponseSchema,
   GetTaskResponseSchema,
   ListTasksRequestSchema,
   ListTasksResponseSchema,
@@ -22,7 +23,7 @@ import { taskFromRow, writeTask } from "../storage/task-rows.js";
 import { itemError, validateBatch } from "./batches.js";
 import type { ServiceDeps } from "./deps.js";
 import { rawBytes, speaksJson, withEncodedField } from "./encoded-response.js";
-import { leaseMessage } from "./leases.js";
+import { leaseMessage, writeDispatchResult } from "./leases.js";
 import { streamTasks } from "./stream-tasks.js";
 import { MAX_BATCH_REQUESTS } from "./worker-service.js";
 import { decodePageToken, encodePageToken, pageSize, requestFingerprint } from "./pagination.js";
@@ -49,8 +50,11 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
       return dispatchedMessage(await store.dispatch(input, claim));
     },
 
-    async dispatchTasks(req) {
+    async dispatchTasks(req, ctx) {
       const outcomes = await store.dispatchMany(validateBatch(req.requests, MAX_BATCH_REQUESTS, (r) => dispatchRequest(r, deps)));
+      if (!speaksJson(ctx.requestHeader)) {
+        return withEncodedField(DispatchTasksResponseSchema, {}, DispatchTasksResponseSchema.field.results, outcomes, writeDispatchResult);
+      }
       return {
         results: outcomes.map((o) => ({
           outcome: o.ok ? { case: "dispatched" as const, value: dispatchedMessage(o.value) } : { case: "error" as const, value: itemError(o.error) },

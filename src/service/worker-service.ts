@@ -1,5 +1,6 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
+  ClaimTasksResponseSchema,
   WorkerService,
   type ClaimTasksRequest,
   type CompleteTaskRequest,
@@ -14,7 +15,8 @@ import { taskFromRow } from "../storage/task-rows.js";
 import type { LeasedItem } from "../storage/task-store.js";
 import { taskOutcome, validateBatch } from "./batches.js";
 import type { ServiceDeps } from "./deps.js";
-import { leaseMessage } from "./leases.js";
+import { speaksJson, withEncodedField } from "./encoded-response.js";
+import { leaseMessage, writeClaimedTask } from "./leases.js";
 import { durationMs, intInRange, requireId, requireJsonObject, requireJsonValue } from "./validate.js";
 
 export const MAX_CLAIM_BATCH = 100;
@@ -45,7 +47,10 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
         const claimed = await store.claim(request);
         const left = deadline - Date.now();
         if (claimed.length > 0 || left <= 0) {
-          return { tasks: claimed.map(({ task, lease }) => ({ task: taskFromRow(task), lease: leaseMessage(lease) })) };
+          if (speaksJson(ctx.requestHeader)) {
+            return { tasks: claimed.map(({ task, lease }) => ({ task: taskFromRow(task), lease: leaseMessage(lease) })) };
+          }
+          return withEncodedField(ClaimTasksResponseSchema, {}, ClaimTasksResponseSchema.field.tasks, claimed, writeClaimedTask);
         }
         await deps.pendingSignal.next(Math.min(left, CLAIM_POLL_MS), ctx.signal);
       }

@@ -462,7 +462,8 @@ export const SuspendTaskResponseSchema: GenMessage<SuspendTaskResponse> = /*@__P
 export const WorkerService: GenService<{
   /**
    * Long-polls for up to max_tasks pending tasks of the given tools, oldest
-   * first, and leases them to the worker.
+   * first (tasks created in the same millisecond, such as one DispatchTasks
+   * call's, in no set order), and leases them to the worker.
    *
    * @generated from rpc taskstream.v1.WorkerService.ClaimTasks
    */

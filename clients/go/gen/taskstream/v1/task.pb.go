@@ -1332,6 +1332,83 @@ func (x *TaskFilter) GetToolName() string {
 	return ""
 }
 
+// Why one item of a batch call did nothing: the error that item would have
+// failed with had it been sent alone. The other items of the call are not
+// affected by it.
+type ItemError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The google.rpc.Code number, as the single call's status would carry it
+	// (for example 9, FAILED_PRECONDITION, for a lost lease).
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// A human-readable message.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The ErrorInfo reason the single call would carry: LEASE_MISMATCH,
+	// LEASE_EXPIRED, TASK_NOT_FOUND, INVALID_TRANSITION, CONCURRENCY_LIMIT, ...
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The ErrorInfo metadata the single call would carry (task_id, status, ...).
+	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ItemError) Reset() {
+	*x = ItemError{}
+	mi := &file_taskstream_v1_task_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ItemError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ItemError) ProtoMessage() {}
+
+func (x *ItemError) ProtoReflect() protoreflect.Message {
+	mi := &file_taskstream_v1_task_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
+func (*ItemError) Descriptor() ([]byte, []int) {
+	return file_taskstream_v1_task_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ItemError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ItemError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ItemError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ItemError) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 var File_taskstream_v1_task_proto protoreflect.FileDescriptor
 
 const file_taskstream_v1_task_proto_rawDesc = "" +
@@ -1449,7 +1526,15 @@ const file_taskstream_v1_task_proto_rawDesc = "" +
 	"\vresource_id\x18\x04 \x01(\tR\n" +
 	"resourceId\x12\x17\n" +
 	"\atask_id\x18\x05 \x01(\tR\x06taskId\x12\x1b\n" +
-	"\ttool_name\x18\x06 \x01(\tR\btoolName*\xdf\x01\n" +
+	"\ttool_name\x18\x06 \x01(\tR\btoolName\"\xd2\x01\n" +
+	"\tItemError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12B\n" +
+	"\bmetadata\x18\x04 \x03(\v2&.taskstream.v1.ItemError.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xdf\x01\n" +
 	"\n" +
 	"TaskStatus\x12\x1b\n" +
 	"\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -1475,7 +1560,7 @@ func file_taskstream_v1_task_proto_rawDescGZIP() []byte {
 }
 
 var file_taskstream_v1_task_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_taskstream_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_taskstream_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_taskstream_v1_task_proto_goTypes = []any{
 	(TaskStatus)(0),               // 0: taskstream.v1.TaskStatus
 	(*TaskError)(nil),             // 1: taskstream.v1.TaskError
@@ -1492,30 +1577,32 @@ var file_taskstream_v1_task_proto_goTypes = []any{
 	(*TaskSuspended)(nil),         // 12: taskstream.v1.TaskSuspended
 	(*TaskResumed)(nil),           // 13: taskstream.v1.TaskResumed
 	(*TaskFilter)(nil),            // 14: taskstream.v1.TaskFilter
-	(*structpb.Struct)(nil),       // 15: google.protobuf.Struct
-	(*structpb.Value)(nil),        // 16: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*ItemError)(nil),             // 15: taskstream.v1.ItemError
+	nil,                           // 16: taskstream.v1.ItemError.MetadataEntry
+	(*structpb.Struct)(nil),       // 17: google.protobuf.Struct
+	(*structpb.Value)(nil),        // 18: google.protobuf.Value
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
 }
 var file_taskstream_v1_task_proto_depIdxs = []int32{
-	15, // 0: taskstream.v1.TaskError.details:type_name -> google.protobuf.Struct
+	17, // 0: taskstream.v1.TaskError.details:type_name -> google.protobuf.Struct
 	0,  // 1: taskstream.v1.Task.status:type_name -> taskstream.v1.TaskStatus
-	15, // 2: taskstream.v1.Task.args:type_name -> google.protobuf.Struct
-	16, // 3: taskstream.v1.Task.result:type_name -> google.protobuf.Value
+	17, // 2: taskstream.v1.Task.args:type_name -> google.protobuf.Struct
+	18, // 3: taskstream.v1.Task.result:type_name -> google.protobuf.Value
 	1,  // 4: taskstream.v1.Task.error:type_name -> taskstream.v1.TaskError
-	17, // 5: taskstream.v1.Task.create_time:type_name -> google.protobuf.Timestamp
-	17, // 6: taskstream.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	17, // 7: taskstream.v1.Task.suspend_time:type_name -> google.protobuf.Timestamp
-	17, // 8: taskstream.v1.Task.complete_time:type_name -> google.protobuf.Timestamp
-	18, // 9: taskstream.v1.Task.timeout:type_name -> google.protobuf.Duration
-	16, // 10: taskstream.v1.Task.suspend_payload:type_name -> google.protobuf.Value
-	16, // 11: taskstream.v1.Task.resume_data:type_name -> google.protobuf.Value
-	17, // 12: taskstream.v1.Task.retry_time:type_name -> google.protobuf.Timestamp
+	19, // 5: taskstream.v1.Task.create_time:type_name -> google.protobuf.Timestamp
+	19, // 6: taskstream.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	19, // 7: taskstream.v1.Task.suspend_time:type_name -> google.protobuf.Timestamp
+	19, // 8: taskstream.v1.Task.complete_time:type_name -> google.protobuf.Timestamp
+	20, // 9: taskstream.v1.Task.timeout:type_name -> google.protobuf.Duration
+	18, // 10: taskstream.v1.Task.suspend_payload:type_name -> google.protobuf.Value
+	18, // 11: taskstream.v1.Task.resume_data:type_name -> google.protobuf.Value
+	19, // 12: taskstream.v1.Task.retry_time:type_name -> google.protobuf.Timestamp
 	3,  // 13: taskstream.v1.Task.retry_policy:type_name -> taskstream.v1.RetryPolicy
-	18, // 14: taskstream.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	18, // 15: taskstream.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
-	17, // 16: taskstream.v1.Lease.expire_time:type_name -> google.protobuf.Timestamp
-	17, // 17: taskstream.v1.TaskEvent.event_time:type_name -> google.protobuf.Timestamp
+	20, // 14: taskstream.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	20, // 15: taskstream.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	19, // 16: taskstream.v1.Lease.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 17: taskstream.v1.TaskEvent.event_time:type_name -> google.protobuf.Timestamp
 	0,  // 18: taskstream.v1.TaskEvent.status:type_name -> taskstream.v1.TaskStatus
 	6,  // 19: taskstream.v1.TaskEvent.queued:type_name -> taskstream.v1.TaskQueued
 	7,  // 20: taskstream.v1.TaskEvent.running:type_name -> taskstream.v1.TaskRunning
@@ -1525,23 +1612,24 @@ var file_taskstream_v1_task_proto_depIdxs = []int32{
 	11, // 24: taskstream.v1.TaskEvent.cancelled:type_name -> taskstream.v1.TaskCancelled
 	12, // 25: taskstream.v1.TaskEvent.suspended:type_name -> taskstream.v1.TaskSuspended
 	13, // 26: taskstream.v1.TaskEvent.resumed:type_name -> taskstream.v1.TaskResumed
-	15, // 27: taskstream.v1.TaskQueued.args:type_name -> google.protobuf.Struct
-	18, // 28: taskstream.v1.TaskQueued.timeout:type_name -> google.protobuf.Duration
-	15, // 29: taskstream.v1.TaskRunning.args:type_name -> google.protobuf.Struct
-	17, // 30: taskstream.v1.TaskRunning.start_time:type_name -> google.protobuf.Timestamp
-	16, // 31: taskstream.v1.TaskRunning.resume_data:type_name -> google.protobuf.Value
-	16, // 32: taskstream.v1.TaskOutput.output:type_name -> google.protobuf.Value
-	16, // 33: taskstream.v1.TaskCompleted.result:type_name -> google.protobuf.Value
+	17, // 27: taskstream.v1.TaskQueued.args:type_name -> google.protobuf.Struct
+	20, // 28: taskstream.v1.TaskQueued.timeout:type_name -> google.protobuf.Duration
+	17, // 29: taskstream.v1.TaskRunning.args:type_name -> google.protobuf.Struct
+	19, // 30: taskstream.v1.TaskRunning.start_time:type_name -> google.protobuf.Timestamp
+	18, // 31: taskstream.v1.TaskRunning.resume_data:type_name -> google.protobuf.Value
+	18, // 32: taskstream.v1.TaskOutput.output:type_name -> google.protobuf.Value
+	18, // 33: taskstream.v1.TaskCompleted.result:type_name -> google.protobuf.Value
 	1,  // 34: taskstream.v1.TaskFailed.error:type_name -> taskstream.v1.TaskError
 	0,  // 35: taskstream.v1.TaskFailed.status:type_name -> taskstream.v1.TaskStatus
-	17, // 36: taskstream.v1.TaskFailed.retry_time:type_name -> google.protobuf.Timestamp
-	16, // 37: taskstream.v1.TaskSuspended.payload:type_name -> google.protobuf.Value
-	16, // 38: taskstream.v1.TaskResumed.resume_data:type_name -> google.protobuf.Value
-	39, // [39:39] is the sub-list for method output_type
-	39, // [39:39] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	19, // 36: taskstream.v1.TaskFailed.retry_time:type_name -> google.protobuf.Timestamp
+	18, // 37: taskstream.v1.TaskSuspended.payload:type_name -> google.protobuf.Value
+	18, // 38: taskstream.v1.TaskResumed.resume_data:type_name -> google.protobuf.Value
+	16, // 39: taskstream.v1.ItemError.metadata:type_name -> taskstream.v1.ItemError.MetadataEntry
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_taskstream_v1_task_proto_init() }
@@ -1565,7 +1653,7 @@ func file_taskstream_v1_task_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskstream_v1_task_proto_rawDesc), len(file_taskstream_v1_task_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -403,6 +403,181 @@ func (x *DispatchTaskResponse) GetCreated() bool {
 	return false
 }
 
+type DispatchTasksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One to 1000 dispatches.
+	Requests      []*DispatchTaskRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DispatchTasksRequest) Reset() {
+	*x = DispatchTasksRequest{}
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DispatchTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DispatchTasksRequest) ProtoMessage() {}
+
+func (x *DispatchTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DispatchTasksRequest.ProtoReflect.Descriptor instead.
+func (*DispatchTasksRequest) Descriptor() ([]byte, []int) {
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DispatchTasksRequest) GetRequests() []*DispatchTaskRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+type DispatchTasksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per request, in the order of the requests.
+	Results       []*DispatchTaskResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DispatchTasksResponse) Reset() {
+	*x = DispatchTasksResponse{}
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DispatchTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DispatchTasksResponse) ProtoMessage() {}
+
+func (x *DispatchTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DispatchTasksResponse.ProtoReflect.Descriptor instead.
+func (*DispatchTasksResponse) Descriptor() ([]byte, []int) {
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DispatchTasksResponse) GetResults() []*DispatchTaskResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// How one dispatch of a DispatchTasks call ended.
+type DispatchTaskResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Outcome:
+	//
+	//	*DispatchTaskResult_Dispatched
+	//	*DispatchTaskResult_Error
+	Outcome       isDispatchTaskResult_Outcome `protobuf_oneof:"outcome"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DispatchTaskResult) Reset() {
+	*x = DispatchTaskResult{}
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DispatchTaskResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DispatchTaskResult) ProtoMessage() {}
+
+func (x *DispatchTaskResult) ProtoReflect() protoreflect.Message {
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DispatchTaskResult.ProtoReflect.Descriptor instead.
+func (*DispatchTaskResult) Descriptor() ([]byte, []int) {
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DispatchTaskResult) GetOutcome() isDispatchTaskResult_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return nil
+}
+
+func (x *DispatchTaskResult) GetDispatched() *DispatchTaskResponse {
+	if x != nil {
+		if x, ok := x.Outcome.(*DispatchTaskResult_Dispatched); ok {
+			return x.Dispatched
+		}
+	}
+	return nil
+}
+
+func (x *DispatchTaskResult) GetError() *ItemError {
+	if x != nil {
+		if x, ok := x.Outcome.(*DispatchTaskResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isDispatchTaskResult_Outcome interface {
+	isDispatchTaskResult_Outcome()
+}
+
+type DispatchTaskResult_Dispatched struct {
+	// What DispatchTask would have answered.
+	Dispatched *DispatchTaskResponse `protobuf:"bytes,1,opt,name=dispatched,proto3,oneof"`
+}
+
+type DispatchTaskResult_Error struct {
+	// Why this dispatch did nothing.
+	Error *ItemError `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*DispatchTaskResult_Dispatched) isDispatchTaskResult_Outcome() {}
+
+func (*DispatchTaskResult_Error) isDispatchTaskResult_Outcome() {}
+
 type CancelTaskRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -414,7 +589,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[3]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +601,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[3]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +614,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{3}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CancelTaskRequest) GetTaskId() string {
@@ -465,7 +640,7 @@ type CancelTaskResponse struct {
 
 func (x *CancelTaskResponse) Reset() {
 	*x = CancelTaskResponse{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[4]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +652,7 @@ func (x *CancelTaskResponse) String() string {
 func (*CancelTaskResponse) ProtoMessage() {}
 
 func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[4]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +665,7 @@ func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskResponse.ProtoReflect.Descriptor instead.
 func (*CancelTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{4}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CancelTaskResponse) GetTask() *Task {
@@ -513,7 +688,7 @@ type ResumeTaskRequest struct {
 
 func (x *ResumeTaskRequest) Reset() {
 	*x = ResumeTaskRequest{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[5]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -525,7 +700,7 @@ func (x *ResumeTaskRequest) String() string {
 func (*ResumeTaskRequest) ProtoMessage() {}
 
 func (x *ResumeTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[5]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -538,7 +713,7 @@ func (x *ResumeTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeTaskRequest.ProtoReflect.Descriptor instead.
 func (*ResumeTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{5}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ResumeTaskRequest) GetTaskId() string {
@@ -572,7 +747,7 @@ type ResumeTaskResponse struct {
 
 func (x *ResumeTaskResponse) Reset() {
 	*x = ResumeTaskResponse{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[6]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +759,7 @@ func (x *ResumeTaskResponse) String() string {
 func (*ResumeTaskResponse) ProtoMessage() {}
 
 func (x *ResumeTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[6]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +772,7 @@ func (x *ResumeTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeTaskResponse.ProtoReflect.Descriptor instead.
 func (*ResumeTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{6}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResumeTaskResponse) GetTask() *Task {
@@ -623,7 +798,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[7]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +810,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[7]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +823,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{7}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetTaskRequest) GetTaskId() string {
@@ -667,7 +842,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[8]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +854,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[8]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +867,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{8}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -716,7 +891,7 @@ type TimeRange struct {
 
 func (x *TimeRange) Reset() {
 	*x = TimeRange{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[9]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +903,7 @@ func (x *TimeRange) String() string {
 func (*TimeRange) ProtoMessage() {}
 
 func (x *TimeRange) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[9]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +916,7 @@ func (x *TimeRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeRange.ProtoReflect.Descriptor instead.
 func (*TimeRange) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{9}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TimeRange) GetField() TaskTimeField {
@@ -785,7 +960,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[10]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +972,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[10]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +985,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{10}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListTasksRequest) GetFilter() *TaskFilter {
@@ -882,7 +1057,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[11]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1069,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[11]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1082,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{11}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -943,7 +1118,7 @@ type ListTaskEventsRequest struct {
 
 func (x *ListTaskEventsRequest) Reset() {
 	*x = ListTaskEventsRequest{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[12]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1130,7 @@ func (x *ListTaskEventsRequest) String() string {
 func (*ListTaskEventsRequest) ProtoMessage() {}
 
 func (x *ListTaskEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[12]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1143,7 @@ func (x *ListTaskEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTaskEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListTaskEventsRequest) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{12}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListTaskEventsRequest) GetTaskId() string {
@@ -1003,7 +1178,7 @@ type ListTaskEventsResponse struct {
 
 func (x *ListTaskEventsResponse) Reset() {
 	*x = ListTaskEventsResponse{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[13]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1015,7 +1190,7 @@ func (x *ListTaskEventsResponse) String() string {
 func (*ListTaskEventsResponse) ProtoMessage() {}
 
 func (x *ListTaskEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[13]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1028,7 +1203,7 @@ func (x *ListTaskEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTaskEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListTaskEventsResponse) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{13}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTaskEventsResponse) GetEvents() []*TaskEvent {
@@ -1068,7 +1243,7 @@ type StreamTasksRequest struct {
 
 func (x *StreamTasksRequest) Reset() {
 	*x = StreamTasksRequest{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[14]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1255,7 @@ func (x *StreamTasksRequest) String() string {
 func (*StreamTasksRequest) ProtoMessage() {}
 
 func (x *StreamTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[14]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1268,7 @@ func (x *StreamTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamTasksRequest.ProtoReflect.Descriptor instead.
 func (*StreamTasksRequest) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{14}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StreamTasksRequest) GetFilter() *TaskFilter {
@@ -1138,7 +1313,7 @@ type StreamTasksResponse struct {
 
 func (x *StreamTasksResponse) Reset() {
 	*x = StreamTasksResponse{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[15]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1325,7 @@ func (x *StreamTasksResponse) String() string {
 func (*StreamTasksResponse) ProtoMessage() {}
 
 func (x *StreamTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[15]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1338,7 @@ func (x *StreamTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamTasksResponse.ProtoReflect.Descriptor instead.
 func (*StreamTasksResponse) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{15}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StreamTasksResponse) GetMessage() isStreamTasksResponse_Message {
@@ -1233,7 +1408,7 @@ type SnapshotComplete struct {
 
 func (x *SnapshotComplete) Reset() {
 	*x = SnapshotComplete{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[16]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1420,7 @@ func (x *SnapshotComplete) String() string {
 func (*SnapshotComplete) ProtoMessage() {}
 
 func (x *SnapshotComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[16]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1433,7 @@ func (x *SnapshotComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotComplete.ProtoReflect.Descriptor instead.
 func (*SnapshotComplete) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{16}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotComplete) GetSequence() int64 {
@@ -1280,7 +1455,7 @@ type StreamHeartbeat struct {
 
 func (x *StreamHeartbeat) Reset() {
 	*x = StreamHeartbeat{}
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[17]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1467,7 @@ func (x *StreamHeartbeat) String() string {
 func (*StreamHeartbeat) ProtoMessage() {}
 
 func (x *StreamHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_task_service_proto_msgTypes[17]
+	mi := &file_taskstream_v1_task_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1480,7 @@ func (x *StreamHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeartbeat.ProtoReflect.Descriptor instead.
 func (*StreamHeartbeat) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{17}
+	return file_taskstream_v1_task_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StreamHeartbeat) GetSequence() int64 {
@@ -1353,7 +1528,17 @@ const file_taskstream_v1_task_service_proto_rawDesc = "" +
 	"\x14DispatchTaskResponse\x12'\n" +
 	"\x04task\x18\x01 \x01(\v2\x13.taskstream.v1.TaskR\x04task\x12*\n" +
 	"\x05lease\x18\x02 \x01(\v2\x14.taskstream.v1.LeaseR\x05lease\x12\x18\n" +
-	"\acreated\x18\x03 \x01(\bR\acreated\"D\n" +
+	"\acreated\x18\x03 \x01(\bR\acreated\"V\n" +
+	"\x14DispatchTasksRequest\x12>\n" +
+	"\brequests\x18\x01 \x03(\v2\".taskstream.v1.DispatchTaskRequestR\brequests\"T\n" +
+	"\x15DispatchTasksResponse\x12;\n" +
+	"\aresults\x18\x01 \x03(\v2!.taskstream.v1.DispatchTaskResultR\aresults\"\x98\x01\n" +
+	"\x12DispatchTaskResult\x12E\n" +
+	"\n" +
+	"dispatched\x18\x01 \x01(\v2#.taskstream.v1.DispatchTaskResponseH\x00R\n" +
+	"dispatched\x120\n" +
+	"\x05error\x18\x02 \x01(\v2\x18.taskstream.v1.ItemErrorH\x00R\x05errorB\t\n" +
+	"\aoutcome\"D\n" +
 	"\x11CancelTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"=\n" +
@@ -1430,9 +1615,10 @@ const file_taskstream_v1_task_service_proto_rawDesc = "" +
 	"\x1bTASK_TIME_FIELD_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bTASK_TIME_FIELD_CREATE_TIME\x10\x01\x12\x1e\n" +
 	"\x1aTASK_TIME_FIELD_START_TIME\x10\x02\x12!\n" +
-	"\x1dTASK_TIME_FIELD_COMPLETE_TIME\x10\x032\xdd\x04\n" +
+	"\x1dTASK_TIME_FIELD_COMPLETE_TIME\x10\x032\xb9\x05\n" +
 	"\vTaskService\x12W\n" +
-	"\fDispatchTask\x12\".taskstream.v1.DispatchTaskRequest\x1a#.taskstream.v1.DispatchTaskResponse\x12Q\n" +
+	"\fDispatchTask\x12\".taskstream.v1.DispatchTaskRequest\x1a#.taskstream.v1.DispatchTaskResponse\x12Z\n" +
+	"\rDispatchTasks\x12#.taskstream.v1.DispatchTasksRequest\x1a$.taskstream.v1.DispatchTasksResponse\x12Q\n" +
 	"\n" +
 	"CancelTask\x12 .taskstream.v1.CancelTaskRequest\x1a!.taskstream.v1.CancelTaskResponse\x12Q\n" +
 	"\n" +
@@ -1456,88 +1642,98 @@ func file_taskstream_v1_task_service_proto_rawDescGZIP() []byte {
 }
 
 var file_taskstream_v1_task_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_taskstream_v1_task_service_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_taskstream_v1_task_service_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_taskstream_v1_task_service_proto_goTypes = []any{
 	(Backpressure)(0),              // 0: taskstream.v1.Backpressure
 	(TaskTimeField)(0),             // 1: taskstream.v1.TaskTimeField
 	(*ClaimOptions)(nil),           // 2: taskstream.v1.ClaimOptions
 	(*DispatchTaskRequest)(nil),    // 3: taskstream.v1.DispatchTaskRequest
 	(*DispatchTaskResponse)(nil),   // 4: taskstream.v1.DispatchTaskResponse
-	(*CancelTaskRequest)(nil),      // 5: taskstream.v1.CancelTaskRequest
-	(*CancelTaskResponse)(nil),     // 6: taskstream.v1.CancelTaskResponse
-	(*ResumeTaskRequest)(nil),      // 7: taskstream.v1.ResumeTaskRequest
-	(*ResumeTaskResponse)(nil),     // 8: taskstream.v1.ResumeTaskResponse
-	(*GetTaskRequest)(nil),         // 9: taskstream.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),        // 10: taskstream.v1.GetTaskResponse
-	(*TimeRange)(nil),              // 11: taskstream.v1.TimeRange
-	(*ListTasksRequest)(nil),       // 12: taskstream.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),      // 13: taskstream.v1.ListTasksResponse
-	(*ListTaskEventsRequest)(nil),  // 14: taskstream.v1.ListTaskEventsRequest
-	(*ListTaskEventsResponse)(nil), // 15: taskstream.v1.ListTaskEventsResponse
-	(*StreamTasksRequest)(nil),     // 16: taskstream.v1.StreamTasksRequest
-	(*StreamTasksResponse)(nil),    // 17: taskstream.v1.StreamTasksResponse
-	(*SnapshotComplete)(nil),       // 18: taskstream.v1.SnapshotComplete
-	(*StreamHeartbeat)(nil),        // 19: taskstream.v1.StreamHeartbeat
-	(*durationpb.Duration)(nil),    // 20: google.protobuf.Duration
-	(*structpb.Struct)(nil),        // 21: google.protobuf.Struct
-	(*RetryPolicy)(nil),            // 22: taskstream.v1.RetryPolicy
-	(*Task)(nil),                   // 23: taskstream.v1.Task
-	(*Lease)(nil),                  // 24: taskstream.v1.Lease
-	(*structpb.Value)(nil),         // 25: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil),  // 26: google.protobuf.Timestamp
-	(*TaskFilter)(nil),             // 27: taskstream.v1.TaskFilter
-	(TaskStatus)(0),                // 28: taskstream.v1.TaskStatus
-	(*TaskEvent)(nil),              // 29: taskstream.v1.TaskEvent
+	(*DispatchTasksRequest)(nil),   // 5: taskstream.v1.DispatchTasksRequest
+	(*DispatchTasksResponse)(nil),  // 6: taskstream.v1.DispatchTasksResponse
+	(*DispatchTaskResult)(nil),     // 7: taskstream.v1.DispatchTaskResult
+	(*CancelTaskRequest)(nil),      // 8: taskstream.v1.CancelTaskRequest
+	(*CancelTaskResponse)(nil),     // 9: taskstream.v1.CancelTaskResponse
+	(*ResumeTaskRequest)(nil),      // 10: taskstream.v1.ResumeTaskRequest
+	(*ResumeTaskResponse)(nil),     // 11: taskstream.v1.ResumeTaskResponse
+	(*GetTaskRequest)(nil),         // 12: taskstream.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),        // 13: taskstream.v1.GetTaskResponse
+	(*TimeRange)(nil),              // 14: taskstream.v1.TimeRange
+	(*ListTasksRequest)(nil),       // 15: taskstream.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),      // 16: taskstream.v1.ListTasksResponse
+	(*ListTaskEventsRequest)(nil),  // 17: taskstream.v1.ListTaskEventsRequest
+	(*ListTaskEventsResponse)(nil), // 18: taskstream.v1.ListTaskEventsResponse
+	(*StreamTasksRequest)(nil),     // 19: taskstream.v1.StreamTasksRequest
+	(*StreamTasksResponse)(nil),    // 20: taskstream.v1.StreamTasksResponse
+	(*SnapshotComplete)(nil),       // 21: taskstream.v1.SnapshotComplete
+	(*StreamHeartbeat)(nil),        // 22: taskstream.v1.StreamHeartbeat
+	(*durationpb.Duration)(nil),    // 23: google.protobuf.Duration
+	(*structpb.Struct)(nil),        // 24: google.protobuf.Struct
+	(*RetryPolicy)(nil),            // 25: taskstream.v1.RetryPolicy
+	(*Task)(nil),                   // 26: taskstream.v1.Task
+	(*Lease)(nil),                  // 27: taskstream.v1.Lease
+	(*ItemError)(nil),              // 28: taskstream.v1.ItemError
+	(*structpb.Value)(nil),         // 29: google.protobuf.Value
+	(*timestamppb.Timestamp)(nil),  // 30: google.protobuf.Timestamp
+	(*TaskFilter)(nil),             // 31: taskstream.v1.TaskFilter
+	(TaskStatus)(0),                // 32: taskstream.v1.TaskStatus
+	(*TaskEvent)(nil),              // 33: taskstream.v1.TaskEvent
 }
 var file_taskstream_v1_task_service_proto_depIdxs = []int32{
-	20, // 0: taskstream.v1.ClaimOptions.lease_duration:type_name -> google.protobuf.Duration
-	21, // 1: taskstream.v1.DispatchTaskRequest.args:type_name -> google.protobuf.Struct
-	20, // 2: taskstream.v1.DispatchTaskRequest.timeout:type_name -> google.protobuf.Duration
+	23, // 0: taskstream.v1.ClaimOptions.lease_duration:type_name -> google.protobuf.Duration
+	24, // 1: taskstream.v1.DispatchTaskRequest.args:type_name -> google.protobuf.Struct
+	23, // 2: taskstream.v1.DispatchTaskRequest.timeout:type_name -> google.protobuf.Duration
 	2,  // 3: taskstream.v1.DispatchTaskRequest.claim:type_name -> taskstream.v1.ClaimOptions
 	0,  // 4: taskstream.v1.DispatchTaskRequest.backpressure:type_name -> taskstream.v1.Backpressure
-	22, // 5: taskstream.v1.DispatchTaskRequest.retry_policy:type_name -> taskstream.v1.RetryPolicy
-	23, // 6: taskstream.v1.DispatchTaskResponse.task:type_name -> taskstream.v1.Task
-	24, // 7: taskstream.v1.DispatchTaskResponse.lease:type_name -> taskstream.v1.Lease
-	23, // 8: taskstream.v1.CancelTaskResponse.task:type_name -> taskstream.v1.Task
-	25, // 9: taskstream.v1.ResumeTaskRequest.resume_data:type_name -> google.protobuf.Value
-	2,  // 10: taskstream.v1.ResumeTaskRequest.claim:type_name -> taskstream.v1.ClaimOptions
-	23, // 11: taskstream.v1.ResumeTaskResponse.task:type_name -> taskstream.v1.Task
-	24, // 12: taskstream.v1.ResumeTaskResponse.lease:type_name -> taskstream.v1.Lease
-	23, // 13: taskstream.v1.GetTaskResponse.task:type_name -> taskstream.v1.Task
-	1,  // 14: taskstream.v1.TimeRange.field:type_name -> taskstream.v1.TaskTimeField
-	26, // 15: taskstream.v1.TimeRange.start_time:type_name -> google.protobuf.Timestamp
-	26, // 16: taskstream.v1.TimeRange.end_time:type_name -> google.protobuf.Timestamp
-	27, // 17: taskstream.v1.ListTasksRequest.filter:type_name -> taskstream.v1.TaskFilter
-	28, // 18: taskstream.v1.ListTasksRequest.statuses:type_name -> taskstream.v1.TaskStatus
-	11, // 19: taskstream.v1.ListTasksRequest.time_range:type_name -> taskstream.v1.TimeRange
-	1,  // 20: taskstream.v1.ListTasksRequest.order_by:type_name -> taskstream.v1.TaskTimeField
-	23, // 21: taskstream.v1.ListTasksResponse.tasks:type_name -> taskstream.v1.Task
-	29, // 22: taskstream.v1.ListTaskEventsResponse.events:type_name -> taskstream.v1.TaskEvent
-	27, // 23: taskstream.v1.StreamTasksRequest.filter:type_name -> taskstream.v1.TaskFilter
-	20, // 24: taskstream.v1.StreamTasksRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	29, // 25: taskstream.v1.StreamTasksResponse.event:type_name -> taskstream.v1.TaskEvent
-	18, // 26: taskstream.v1.StreamTasksResponse.snapshot_complete:type_name -> taskstream.v1.SnapshotComplete
-	19, // 27: taskstream.v1.StreamTasksResponse.heartbeat:type_name -> taskstream.v1.StreamHeartbeat
-	26, // 28: taskstream.v1.StreamHeartbeat.server_time:type_name -> google.protobuf.Timestamp
-	3,  // 29: taskstream.v1.TaskService.DispatchTask:input_type -> taskstream.v1.DispatchTaskRequest
-	5,  // 30: taskstream.v1.TaskService.CancelTask:input_type -> taskstream.v1.CancelTaskRequest
-	7,  // 31: taskstream.v1.TaskService.ResumeTask:input_type -> taskstream.v1.ResumeTaskRequest
-	9,  // 32: taskstream.v1.TaskService.GetTask:input_type -> taskstream.v1.GetTaskRequest
-	12, // 33: taskstream.v1.TaskService.ListTasks:input_type -> taskstream.v1.ListTasksRequest
-	14, // 34: taskstream.v1.TaskService.ListTaskEvents:input_type -> taskstream.v1.ListTaskEventsRequest
-	16, // 35: taskstream.v1.TaskService.StreamTasks:input_type -> taskstream.v1.StreamTasksRequest
-	4,  // 36: taskstream.v1.TaskService.DispatchTask:output_type -> taskstream.v1.DispatchTaskResponse
-	6,  // 37: taskstream.v1.TaskService.CancelTask:output_type -> taskstream.v1.CancelTaskResponse
-	8,  // 38: taskstream.v1.TaskService.ResumeTask:output_type -> taskstream.v1.ResumeTaskResponse
-	10, // 39: taskstream.v1.TaskService.GetTask:output_type -> taskstream.v1.GetTaskResponse
-	13, // 40: taskstream.v1.TaskService.ListTasks:output_type -> taskstream.v1.ListTasksResponse
-	15, // 41: taskstream.v1.TaskService.ListTaskEvents:output_type -> taskstream.v1.ListTaskEventsResponse
-	17, // 42: taskstream.v1.TaskService.StreamTasks:output_type -> taskstream.v1.StreamTasksResponse
-	36, // [36:43] is the sub-list for method output_type
-	29, // [29:36] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	25, // 5: taskstream.v1.DispatchTaskRequest.retry_policy:type_name -> taskstream.v1.RetryPolicy
+	26, // 6: taskstream.v1.DispatchTaskResponse.task:type_name -> taskstream.v1.Task
+	27, // 7: taskstream.v1.DispatchTaskResponse.lease:type_name -> taskstream.v1.Lease
+	3,  // 8: taskstream.v1.DispatchTasksRequest.requests:type_name -> taskstream.v1.DispatchTaskRequest
+	7,  // 9: taskstream.v1.DispatchTasksResponse.results:type_name -> taskstream.v1.DispatchTaskResult
+	4,  // 10: taskstream.v1.DispatchTaskResult.dispatched:type_name -> taskstream.v1.DispatchTaskResponse
+	28, // 11: taskstream.v1.DispatchTaskResult.error:type_name -> taskstream.v1.ItemError
+	26, // 12: taskstream.v1.CancelTaskResponse.task:type_name -> taskstream.v1.Task
+	29, // 13: taskstream.v1.ResumeTaskRequest.resume_data:type_name -> google.protobuf.Value
+	2,  // 14: taskstream.v1.ResumeTaskRequest.claim:type_name -> taskstream.v1.ClaimOptions
+	26, // 15: taskstream.v1.ResumeTaskResponse.task:type_name -> taskstream.v1.Task
+	27, // 16: taskstream.v1.ResumeTaskResponse.lease:type_name -> taskstream.v1.Lease
+	26, // 17: taskstream.v1.GetTaskResponse.task:type_name -> taskstream.v1.Task
+	1,  // 18: taskstream.v1.TimeRange.field:type_name -> taskstream.v1.TaskTimeField
+	30, // 19: taskstream.v1.TimeRange.start_time:type_name -> google.protobuf.Timestamp
+	30, // 20: taskstream.v1.TimeRange.end_time:type_name -> google.protobuf.Timestamp
+	31, // 21: taskstream.v1.ListTasksRequest.filter:type_name -> taskstream.v1.TaskFilter
+	32, // 22: taskstream.v1.ListTasksRequest.statuses:type_name -> taskstream.v1.TaskStatus
+	14, // 23: taskstream.v1.ListTasksRequest.time_range:type_name -> taskstream.v1.TimeRange
+	1,  // 24: taskstream.v1.ListTasksRequest.order_by:type_name -> taskstream.v1.TaskTimeField
+	26, // 25: taskstream.v1.ListTasksResponse.tasks:type_name -> taskstream.v1.Task
+	33, // 26: taskstream.v1.ListTaskEventsResponse.events:type_name -> taskstream.v1.TaskEvent
+	31, // 27: taskstream.v1.StreamTasksRequest.filter:type_name -> taskstream.v1.TaskFilter
+	23, // 28: taskstream.v1.StreamTasksRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	33, // 29: taskstream.v1.StreamTasksResponse.event:type_name -> taskstream.v1.TaskEvent
+	21, // 30: taskstream.v1.StreamTasksResponse.snapshot_complete:type_name -> taskstream.v1.SnapshotComplete
+	22, // 31: taskstream.v1.StreamTasksResponse.heartbeat:type_name -> taskstream.v1.StreamHeartbeat
+	30, // 32: taskstream.v1.StreamHeartbeat.server_time:type_name -> google.protobuf.Timestamp
+	3,  // 33: taskstream.v1.TaskService.DispatchTask:input_type -> taskstream.v1.DispatchTaskRequest
+	5,  // 34: taskstream.v1.TaskService.DispatchTasks:input_type -> taskstream.v1.DispatchTasksRequest
+	8,  // 35: taskstream.v1.TaskService.CancelTask:input_type -> taskstream.v1.CancelTaskRequest
+	10, // 36: taskstream.v1.TaskService.ResumeTask:input_type -> taskstream.v1.ResumeTaskRequest
+	12, // 37: taskstream.v1.TaskService.GetTask:input_type -> taskstream.v1.GetTaskRequest
+	15, // 38: taskstream.v1.TaskService.ListTasks:input_type -> taskstream.v1.ListTasksRequest
+	17, // 39: taskstream.v1.TaskService.ListTaskEvents:input_type -> taskstream.v1.ListTaskEventsRequest
+	19, // 40: taskstream.v1.TaskService.StreamTasks:input_type -> taskstream.v1.StreamTasksRequest
+	4,  // 41: taskstream.v1.TaskService.DispatchTask:output_type -> taskstream.v1.DispatchTaskResponse
+	6,  // 42: taskstream.v1.TaskService.DispatchTasks:output_type -> taskstream.v1.DispatchTasksResponse
+	9,  // 43: taskstream.v1.TaskService.CancelTask:output_type -> taskstream.v1.CancelTaskResponse
+	11, // 44: taskstream.v1.TaskService.ResumeTask:output_type -> taskstream.v1.ResumeTaskResponse
+	13, // 45: taskstream.v1.TaskService.GetTask:output_type -> taskstream.v1.GetTaskResponse
+	16, // 46: taskstream.v1.TaskService.ListTasks:output_type -> taskstream.v1.ListTasksResponse
+	18, // 47: taskstream.v1.TaskService.ListTaskEvents:output_type -> taskstream.v1.ListTaskEventsResponse
+	20, // 48: taskstream.v1.TaskService.StreamTasks:output_type -> taskstream.v1.StreamTasksResponse
+	41, // [41:49] is the sub-list for method output_type
+	33, // [33:41] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_taskstream_v1_task_service_proto_init() }
@@ -1547,8 +1743,12 @@ func file_taskstream_v1_task_service_proto_init() {
 	}
 	file_taskstream_v1_task_proto_init()
 	file_taskstream_v1_task_service_proto_msgTypes[1].OneofWrappers = []any{}
-	file_taskstream_v1_task_service_proto_msgTypes[14].OneofWrappers = []any{}
-	file_taskstream_v1_task_service_proto_msgTypes[15].OneofWrappers = []any{
+	file_taskstream_v1_task_service_proto_msgTypes[5].OneofWrappers = []any{
+		(*DispatchTaskResult_Dispatched)(nil),
+		(*DispatchTaskResult_Error)(nil),
+	}
+	file_taskstream_v1_task_service_proto_msgTypes[17].OneofWrappers = []any{}
+	file_taskstream_v1_task_service_proto_msgTypes[18].OneofWrappers = []any{
 		(*StreamTasksResponse_Event)(nil),
 		(*StreamTasksResponse_SnapshotComplete)(nil),
 		(*StreamTasksResponse_Heartbeat)(nil),
@@ -1559,7 +1759,7 @@ func file_taskstream_v1_task_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskstream_v1_task_service_proto_rawDesc), len(file_taskstream_v1_task_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

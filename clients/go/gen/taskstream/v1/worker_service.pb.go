@@ -629,6 +629,254 @@ func (x *FailTaskResponse) GetTask() *Task {
 	return nil
 }
 
+type CompleteTasksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One to 1000 completions.
+	Requests      []*CompleteTaskRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteTasksRequest) Reset() {
+	*x = CompleteTasksRequest{}
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteTasksRequest) ProtoMessage() {}
+
+func (x *CompleteTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteTasksRequest.ProtoReflect.Descriptor instead.
+func (*CompleteTasksRequest) Descriptor() ([]byte, []int) {
+	return file_taskstream_v1_worker_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CompleteTasksRequest) GetRequests() []*CompleteTaskRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+type CompleteTasksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per request, in the order of the requests.
+	Results       []*TaskOutcome `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteTasksResponse) Reset() {
+	*x = CompleteTasksResponse{}
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteTasksResponse) ProtoMessage() {}
+
+func (x *CompleteTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteTasksResponse.ProtoReflect.Descriptor instead.
+func (*CompleteTasksResponse) Descriptor() ([]byte, []int) {
+	return file_taskstream_v1_worker_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CompleteTasksResponse) GetResults() []*TaskOutcome {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type FailTasksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One to 1000 failures.
+	Requests      []*FailTaskRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailTasksRequest) Reset() {
+	*x = FailTasksRequest{}
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailTasksRequest) ProtoMessage() {}
+
+func (x *FailTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailTasksRequest.ProtoReflect.Descriptor instead.
+func (*FailTasksRequest) Descriptor() ([]byte, []int) {
+	return file_taskstream_v1_worker_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *FailTasksRequest) GetRequests() []*FailTaskRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+type FailTasksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per request, in the order of the requests.
+	Results       []*TaskOutcome `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailTasksResponse) Reset() {
+	*x = FailTasksResponse{}
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailTasksResponse) ProtoMessage() {}
+
+func (x *FailTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailTasksResponse.ProtoReflect.Descriptor instead.
+func (*FailTasksResponse) Descriptor() ([]byte, []int) {
+	return file_taskstream_v1_worker_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *FailTasksResponse) GetResults() []*TaskOutcome {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// What one item of a batch call did to its task. Lean on purpose: read the
+// task with GetTask, or its events from StreamTasks, when more is needed.
+type TaskOutcome struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the task is now: COMPLETED after CompleteTasks; after FailTasks
+	// PENDING when it will be retried, FAILED, or CANCELLED when its cancel was
+	// requested. Unspecified when error is set.
+	Status TaskStatus `protobuf:"varint,1,opt,name=status,proto3,enum=taskstream.v1.TaskStatus" json:"status,omitempty"`
+	// The sequence of the event this item appended; 0 when error is set.
+	Sequence int64 `protobuf:"varint,2,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// Set when this item did nothing: the error its single call would have
+	// failed with.
+	Error         *ItemError `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskOutcome) Reset() {
+	*x = TaskOutcome{}
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskOutcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskOutcome) ProtoMessage() {}
+
+func (x *TaskOutcome) ProtoReflect() protoreflect.Message {
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskOutcome.ProtoReflect.Descriptor instead.
+func (*TaskOutcome) Descriptor() ([]byte, []int) {
+	return file_taskstream_v1_worker_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TaskOutcome) GetStatus() TaskStatus {
+	if x != nil {
+		return x.Status
+	}
+	return TaskStatus_TASK_STATUS_UNSPECIFIED
+}
+
+func (x *TaskOutcome) GetSequence() int64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *TaskOutcome) GetError() *ItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 type SuspendTaskRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -640,7 +888,7 @@ type SuspendTaskRequest struct {
 
 func (x *SuspendTaskRequest) Reset() {
 	*x = SuspendTaskRequest{}
-	mi := &file_taskstream_v1_worker_service_proto_msgTypes[11]
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +900,7 @@ func (x *SuspendTaskRequest) String() string {
 func (*SuspendTaskRequest) ProtoMessage() {}
 
 func (x *SuspendTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_worker_service_proto_msgTypes[11]
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +913,7 @@ func (x *SuspendTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuspendTaskRequest.ProtoReflect.Descriptor instead.
 func (*SuspendTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_worker_service_proto_rawDescGZIP(), []int{11}
+	return file_taskstream_v1_worker_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SuspendTaskRequest) GetTaskId() string {
@@ -698,7 +946,7 @@ type SuspendTaskResponse struct {
 
 func (x *SuspendTaskResponse) Reset() {
 	*x = SuspendTaskResponse{}
-	mi := &file_taskstream_v1_worker_service_proto_msgTypes[12]
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +958,7 @@ func (x *SuspendTaskResponse) String() string {
 func (*SuspendTaskResponse) ProtoMessage() {}
 
 func (x *SuspendTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskstream_v1_worker_service_proto_msgTypes[12]
+	mi := &file_taskstream_v1_worker_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +971,7 @@ func (x *SuspendTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuspendTaskResponse.ProtoReflect.Descriptor instead.
 func (*SuspendTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskstream_v1_worker_service_proto_rawDescGZIP(), []int{12}
+	return file_taskstream_v1_worker_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SuspendTaskResponse) GetTask() *Task {
@@ -774,20 +1022,34 @@ const file_taskstream_v1_worker_service_proto_rawDesc = "" +
 	"\blease_id\x18\x02 \x01(\tR\aleaseId\x12.\n" +
 	"\x05error\x18\x03 \x01(\v2\x18.taskstream.v1.TaskErrorR\x05error\";\n" +
 	"\x10FailTaskResponse\x12'\n" +
-	"\x04task\x18\x01 \x01(\v2\x13.taskstream.v1.TaskR\x04task\"z\n" +
+	"\x04task\x18\x01 \x01(\v2\x13.taskstream.v1.TaskR\x04task\"V\n" +
+	"\x14CompleteTasksRequest\x12>\n" +
+	"\brequests\x18\x01 \x03(\v2\".taskstream.v1.CompleteTaskRequestR\brequests\"M\n" +
+	"\x15CompleteTasksResponse\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.taskstream.v1.TaskOutcomeR\aresults\"N\n" +
+	"\x10FailTasksRequest\x12:\n" +
+	"\brequests\x18\x01 \x03(\v2\x1e.taskstream.v1.FailTaskRequestR\brequests\"I\n" +
+	"\x11FailTasksResponse\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.taskstream.v1.TaskOutcomeR\aresults\"\x8c\x01\n" +
+	"\vTaskOutcome\x121\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x19.taskstream.v1.TaskStatusR\x06status\x12\x1a\n" +
+	"\bsequence\x18\x02 \x01(\x03R\bsequence\x12.\n" +
+	"\x05error\x18\x03 \x01(\v2\x18.taskstream.v1.ItemErrorR\x05error\"z\n" +
 	"\x12SuspendTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\tR\aleaseId\x120\n" +
 	"\apayload\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\apayload\">\n" +
 	"\x13SuspendTaskResponse\x12'\n" +
-	"\x04task\x18\x01 \x01(\v2\x13.taskstream.v1.TaskR\x04task2\x87\x04\n" +
+	"\x04task\x18\x01 \x01(\v2\x13.taskstream.v1.TaskR\x04task2\xb3\x05\n" +
 	"\rWorkerService\x12Q\n" +
 	"\n" +
 	"ClaimTasks\x12 .taskstream.v1.ClaimTasksRequest\x1a!.taskstream.v1.ClaimTasksResponse\x12N\n" +
 	"\tHeartbeat\x12\x1f.taskstream.v1.HeartbeatRequest\x1a .taskstream.v1.HeartbeatResponse\x12W\n" +
 	"\fReportOutput\x12\".taskstream.v1.ReportOutputRequest\x1a#.taskstream.v1.ReportOutputResponse\x12W\n" +
 	"\fCompleteTask\x12\".taskstream.v1.CompleteTaskRequest\x1a#.taskstream.v1.CompleteTaskResponse\x12K\n" +
-	"\bFailTask\x12\x1e.taskstream.v1.FailTaskRequest\x1a\x1f.taskstream.v1.FailTaskResponse\x12T\n" +
+	"\bFailTask\x12\x1e.taskstream.v1.FailTaskRequest\x1a\x1f.taskstream.v1.FailTaskResponse\x12Z\n" +
+	"\rCompleteTasks\x12#.taskstream.v1.CompleteTasksRequest\x1a$.taskstream.v1.CompleteTasksResponse\x12N\n" +
+	"\tFailTasks\x12\x1f.taskstream.v1.FailTasksRequest\x1a .taskstream.v1.FailTasksResponse\x12T\n" +
 	"\vSuspendTask\x12!.taskstream.v1.SuspendTaskRequest\x1a\".taskstream.v1.SuspendTaskResponseB\xb6\x01\n" +
 	"\x11com.taskstream.v1B\x12WorkerServiceProtoP\x01Z8taskstream.dev/clients/go/gen/taskstream/v1;taskstreamv1\xa2\x02\x03TXX\xaa\x02\rTaskstream.V1\xca\x02\rTaskstream\\V1\xe2\x02\x19Taskstream\\V1\\GPBMetadata\xea\x02\x0eTaskstream::V1b\x06proto3"
 
@@ -803,59 +1065,76 @@ func file_taskstream_v1_worker_service_proto_rawDescGZIP() []byte {
 	return file_taskstream_v1_worker_service_proto_rawDescData
 }
 
-var file_taskstream_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_taskstream_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_taskstream_v1_worker_service_proto_goTypes = []any{
-	(*ClaimTasksRequest)(nil),    // 0: taskstream.v1.ClaimTasksRequest
-	(*ClaimTasksResponse)(nil),   // 1: taskstream.v1.ClaimTasksResponse
-	(*ClaimedTask)(nil),          // 2: taskstream.v1.ClaimedTask
-	(*HeartbeatRequest)(nil),     // 3: taskstream.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),    // 4: taskstream.v1.HeartbeatResponse
-	(*ReportOutputRequest)(nil),  // 5: taskstream.v1.ReportOutputRequest
-	(*ReportOutputResponse)(nil), // 6: taskstream.v1.ReportOutputResponse
-	(*CompleteTaskRequest)(nil),  // 7: taskstream.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil), // 8: taskstream.v1.CompleteTaskResponse
-	(*FailTaskRequest)(nil),      // 9: taskstream.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),     // 10: taskstream.v1.FailTaskResponse
-	(*SuspendTaskRequest)(nil),   // 11: taskstream.v1.SuspendTaskRequest
-	(*SuspendTaskResponse)(nil),  // 12: taskstream.v1.SuspendTaskResponse
-	(*durationpb.Duration)(nil),  // 13: google.protobuf.Duration
-	(*Task)(nil),                 // 14: taskstream.v1.Task
-	(*Lease)(nil),                // 15: taskstream.v1.Lease
-	(*structpb.Value)(nil),       // 16: google.protobuf.Value
-	(*TaskError)(nil),            // 17: taskstream.v1.TaskError
+	(*ClaimTasksRequest)(nil),     // 0: taskstream.v1.ClaimTasksRequest
+	(*ClaimTasksResponse)(nil),    // 1: taskstream.v1.ClaimTasksResponse
+	(*ClaimedTask)(nil),           // 2: taskstream.v1.ClaimedTask
+	(*HeartbeatRequest)(nil),      // 3: taskstream.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 4: taskstream.v1.HeartbeatResponse
+	(*ReportOutputRequest)(nil),   // 5: taskstream.v1.ReportOutputRequest
+	(*ReportOutputResponse)(nil),  // 6: taskstream.v1.ReportOutputResponse
+	(*CompleteTaskRequest)(nil),   // 7: taskstream.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),  // 8: taskstream.v1.CompleteTaskResponse
+	(*FailTaskRequest)(nil),       // 9: taskstream.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),      // 10: taskstream.v1.FailTaskResponse
+	(*CompleteTasksRequest)(nil),  // 11: taskstream.v1.CompleteTasksRequest
+	(*CompleteTasksResponse)(nil), // 12: taskstream.v1.CompleteTasksResponse
+	(*FailTasksRequest)(nil),      // 13: taskstream.v1.FailTasksRequest
+	(*FailTasksResponse)(nil),     // 14: taskstream.v1.FailTasksResponse
+	(*TaskOutcome)(nil),           // 15: taskstream.v1.TaskOutcome
+	(*SuspendTaskRequest)(nil),    // 16: taskstream.v1.SuspendTaskRequest
+	(*SuspendTaskResponse)(nil),   // 17: taskstream.v1.SuspendTaskResponse
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*Task)(nil),                  // 19: taskstream.v1.Task
+	(*Lease)(nil),                 // 20: taskstream.v1.Lease
+	(*structpb.Value)(nil),        // 21: google.protobuf.Value
+	(*TaskError)(nil),             // 22: taskstream.v1.TaskError
+	(TaskStatus)(0),               // 23: taskstream.v1.TaskStatus
+	(*ItemError)(nil),             // 24: taskstream.v1.ItemError
 }
 var file_taskstream_v1_worker_service_proto_depIdxs = []int32{
-	13, // 0: taskstream.v1.ClaimTasksRequest.wait:type_name -> google.protobuf.Duration
-	13, // 1: taskstream.v1.ClaimTasksRequest.lease_duration:type_name -> google.protobuf.Duration
+	18, // 0: taskstream.v1.ClaimTasksRequest.wait:type_name -> google.protobuf.Duration
+	18, // 1: taskstream.v1.ClaimTasksRequest.lease_duration:type_name -> google.protobuf.Duration
 	2,  // 2: taskstream.v1.ClaimTasksResponse.tasks:type_name -> taskstream.v1.ClaimedTask
-	14, // 3: taskstream.v1.ClaimedTask.task:type_name -> taskstream.v1.Task
-	15, // 4: taskstream.v1.ClaimedTask.lease:type_name -> taskstream.v1.Lease
-	13, // 5: taskstream.v1.HeartbeatRequest.lease_duration:type_name -> google.protobuf.Duration
-	15, // 6: taskstream.v1.HeartbeatResponse.lease:type_name -> taskstream.v1.Lease
-	16, // 7: taskstream.v1.ReportOutputRequest.output:type_name -> google.protobuf.Value
-	16, // 8: taskstream.v1.CompleteTaskRequest.result:type_name -> google.protobuf.Value
-	14, // 9: taskstream.v1.CompleteTaskResponse.task:type_name -> taskstream.v1.Task
-	17, // 10: taskstream.v1.FailTaskRequest.error:type_name -> taskstream.v1.TaskError
-	14, // 11: taskstream.v1.FailTaskResponse.task:type_name -> taskstream.v1.Task
-	16, // 12: taskstream.v1.SuspendTaskRequest.payload:type_name -> google.protobuf.Value
-	14, // 13: taskstream.v1.SuspendTaskResponse.task:type_name -> taskstream.v1.Task
-	0,  // 14: taskstream.v1.WorkerService.ClaimTasks:input_type -> taskstream.v1.ClaimTasksRequest
-	3,  // 15: taskstream.v1.WorkerService.Heartbeat:input_type -> taskstream.v1.HeartbeatRequest
-	5,  // 16: taskstream.v1.WorkerService.ReportOutput:input_type -> taskstream.v1.ReportOutputRequest
-	7,  // 17: taskstream.v1.WorkerService.CompleteTask:input_type -> taskstream.v1.CompleteTaskRequest
-	9,  // 18: taskstream.v1.WorkerService.FailTask:input_type -> taskstream.v1.FailTaskRequest
-	11, // 19: taskstream.v1.WorkerService.SuspendTask:input_type -> taskstream.v1.SuspendTaskRequest
-	1,  // 20: taskstream.v1.WorkerService.ClaimTasks:output_type -> taskstream.v1.ClaimTasksResponse
-	4,  // 21: taskstream.v1.WorkerService.Heartbeat:output_type -> taskstream.v1.HeartbeatResponse
-	6,  // 22: taskstream.v1.WorkerService.ReportOutput:output_type -> taskstream.v1.ReportOutputResponse
-	8,  // 23: taskstream.v1.WorkerService.CompleteTask:output_type -> taskstream.v1.CompleteTaskResponse
-	10, // 24: taskstream.v1.WorkerService.FailTask:output_type -> taskstream.v1.FailTaskResponse
-	12, // 25: taskstream.v1.WorkerService.SuspendTask:output_type -> taskstream.v1.SuspendTaskResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	19, // 3: taskstream.v1.ClaimedTask.task:type_name -> taskstream.v1.Task
+	20, // 4: taskstream.v1.ClaimedTask.lease:type_name -> taskstream.v1.Lease
+	18, // 5: taskstream.v1.HeartbeatRequest.lease_duration:type_name -> google.protobuf.Duration
+	20, // 6: taskstream.v1.HeartbeatResponse.lease:type_name -> taskstream.v1.Lease
+	21, // 7: taskstream.v1.ReportOutputRequest.output:type_name -> google.protobuf.Value
+	21, // 8: taskstream.v1.CompleteTaskRequest.result:type_name -> google.protobuf.Value
+	19, // 9: taskstream.v1.CompleteTaskResponse.task:type_name -> taskstream.v1.Task
+	22, // 10: taskstream.v1.FailTaskRequest.error:type_name -> taskstream.v1.TaskError
+	19, // 11: taskstream.v1.FailTaskResponse.task:type_name -> taskstream.v1.Task
+	7,  // 12: taskstream.v1.CompleteTasksRequest.requests:type_name -> taskstream.v1.CompleteTaskRequest
+	15, // 13: taskstream.v1.CompleteTasksResponse.results:type_name -> taskstream.v1.TaskOutcome
+	9,  // 14: taskstream.v1.FailTasksRequest.requests:type_name -> taskstream.v1.FailTaskRequest
+	15, // 15: taskstream.v1.FailTasksResponse.results:type_name -> taskstream.v1.TaskOutcome
+	23, // 16: taskstream.v1.TaskOutcome.status:type_name -> taskstream.v1.TaskStatus
+	24, // 17: taskstream.v1.TaskOutcome.error:type_name -> taskstream.v1.ItemError
+	21, // 18: taskstream.v1.SuspendTaskRequest.payload:type_name -> google.protobuf.Value
+	19, // 19: taskstream.v1.SuspendTaskResponse.task:type_name -> taskstream.v1.Task
+	0,  // 20: taskstream.v1.WorkerService.ClaimTasks:input_type -> taskstream.v1.ClaimTasksRequest
+	3,  // 21: taskstream.v1.WorkerService.Heartbeat:input_type -> taskstream.v1.HeartbeatRequest
+	5,  // 22: taskstream.v1.WorkerService.ReportOutput:input_type -> taskstream.v1.ReportOutputRequest
+	7,  // 23: taskstream.v1.WorkerService.CompleteTask:input_type -> taskstream.v1.CompleteTaskRequest
+	9,  // 24: taskstream.v1.WorkerService.FailTask:input_type -> taskstream.v1.FailTaskRequest
+	11, // 25: taskstream.v1.WorkerService.CompleteTasks:input_type -> taskstream.v1.CompleteTasksRequest
+	13, // 26: taskstream.v1.WorkerService.FailTasks:input_type -> taskstream.v1.FailTasksRequest
+	16, // 27: taskstream.v1.WorkerService.SuspendTask:input_type -> taskstream.v1.SuspendTaskRequest
+	1,  // 28: taskstream.v1.WorkerService.ClaimTasks:output_type -> taskstream.v1.ClaimTasksResponse
+	4,  // 29: taskstream.v1.WorkerService.Heartbeat:output_type -> taskstream.v1.HeartbeatResponse
+	6,  // 30: taskstream.v1.WorkerService.ReportOutput:output_type -> taskstream.v1.ReportOutputResponse
+	8,  // 31: taskstream.v1.WorkerService.CompleteTask:output_type -> taskstream.v1.CompleteTaskResponse
+	10, // 32: taskstream.v1.WorkerService.FailTask:output_type -> taskstream.v1.FailTaskResponse
+	12, // 33: taskstream.v1.WorkerService.CompleteTasks:output_type -> taskstream.v1.CompleteTasksResponse
+	14, // 34: taskstream.v1.WorkerService.FailTasks:output_type -> taskstream.v1.FailTasksResponse
+	17, // 35: taskstream.v1.WorkerService.SuspendTask:output_type -> taskstream.v1.SuspendTaskResponse
+	28, // [28:36] is the sub-list for method output_type
+	20, // [20:28] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_taskstream_v1_worker_service_proto_init() }
@@ -870,7 +1149,7 @@ func file_taskstream_v1_worker_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskstream_v1_worker_service_proto_rawDesc), len(file_taskstream_v1_worker_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

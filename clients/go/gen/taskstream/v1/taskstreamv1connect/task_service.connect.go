@@ -36,6 +36,9 @@ const (
 	// TaskServiceDispatchTaskProcedure is the fully-qualified name of the TaskService's DispatchTask
 	// RPC.
 	TaskServiceDispatchTaskProcedure = "/taskstream.v1.TaskService/DispatchTask"
+	// TaskServiceDispatchTasksProcedure is the fully-qualified name of the TaskService's DispatchTasks
+	// RPC.
+	TaskServiceDispatchTasksProcedure = "/taskstream.v1.TaskService/DispatchTasks"
 	// TaskServiceCancelTaskProcedure is the fully-qualified name of the TaskService's CancelTask RPC.
 	TaskServiceCancelTaskProcedure = "/taskstream.v1.TaskService/CancelTask"
 	// TaskServiceResumeTaskProcedure is the fully-qualified name of the TaskService's ResumeTask RPC.
@@ -56,6 +59,14 @@ type TaskServiceClient interface {
 	// Creates a task, or returns the existing one when the same request_id, or
 	// the same agent_id and tool_call_id, was dispatched before.
 	DispatchTask(context.Context, *connect.Request[v1.DispatchTaskRequest]) (*connect.Response[v1.DispatchTaskResponse], error)
+	// Dispatches up to 1000 tasks in one call, each exactly as DispatchTask
+	// would, and answers one result per request, in order. Every request is
+	// validated first: an invalid one fails the whole call with
+	// INVALID_ARGUMENT (field "requests[i].<field>") and dispatches nothing.
+	// A refusal (CONCURRENCY_LIMIT) is that item's result; the others go on.
+	// Two requests with the same identity make one task; the later one reports
+	// created = false.
+	DispatchTasks(context.Context, *connect.Request[v1.DispatchTasksRequest]) (*connect.Response[v1.DispatchTasksResponse], error)
 	// Cancels a pending or suspended task at once; for a running task, records
 	// the request, which its worker sees on its next Heartbeat.
 	CancelTask(context.Context, *connect.Request[v1.CancelTaskRequest]) (*connect.Response[v1.CancelTaskResponse], error)
@@ -85,6 +96,12 @@ func NewTaskServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			httpClient,
 			baseURL+TaskServiceDispatchTaskProcedure,
 			connect.WithSchema(taskServiceMethods.ByName("DispatchTask")),
+			connect.WithClientOptions(opts...),
+		),
+		dispatchTasks: connect.NewClient[v1.DispatchTasksRequest, v1.DispatchTasksResponse](
+			httpClient,
+			baseURL+TaskServiceDispatchTasksProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("DispatchTasks")),
 			connect.WithClientOptions(opts...),
 		),
 		cancelTask: connect.NewClient[v1.CancelTaskRequest, v1.CancelTaskResponse](
@@ -129,6 +146,7 @@ func NewTaskServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 // taskServiceClient implements TaskServiceClient.
 type taskServiceClient struct {
 	dispatchTask   *connect.Client[v1.DispatchTaskRequest, v1.DispatchTaskResponse]
+	dispatchTasks  *connect.Client[v1.DispatchTasksRequest, v1.DispatchTasksResponse]
 	cancelTask     *connect.Client[v1.CancelTaskRequest, v1.CancelTaskResponse]
 	resumeTask     *connect.Client[v1.ResumeTaskRequest, v1.ResumeTaskResponse]
 	getTask        *connect.Client[v1.GetTaskRequest, v1.GetTaskResponse]
@@ -140,6 +158,11 @@ type taskServiceClient struct {
 // DispatchTask calls taskstream.v1.TaskService.DispatchTask.
 func (c *taskServiceClient) DispatchTask(ctx context.Context, req *connect.Request[v1.DispatchTaskRequest]) (*connect.Response[v1.DispatchTaskResponse], error) {
 	return c.dispatchTask.CallUnary(ctx, req)
+}
+
+// DispatchTasks calls taskstream.v1.TaskService.DispatchTasks.
+func (c *taskServiceClient) DispatchTasks(ctx context.Context, req *connect.Request[v1.DispatchTasksRequest]) (*connect.Response[v1.DispatchTasksResponse], error) {
+	return c.dispatchTasks.CallUnary(ctx, req)
 }
 
 // CancelTask calls taskstream.v1.TaskService.CancelTask.
@@ -177,6 +200,14 @@ type TaskServiceHandler interface {
 	// Creates a task, or returns the existing one when the same request_id, or
 	// the same agent_id and tool_call_id, was dispatched before.
 	DispatchTask(context.Context, *connect.Request[v1.DispatchTaskRequest]) (*connect.Response[v1.DispatchTaskResponse], error)
+	// Dispatches up to 1000 tasks in one call, each exactly as DispatchTask
+	// would, and answers one result per request, in order. Every request is
+	// validated first: an invalid one fails the whole call with
+	// INVALID_ARGUMENT (field "requests[i].<field>") and dispatches nothing.
+	// A refusal (CONCURRENCY_LIMIT) is that item's result; the others go on.
+	// Two requests with the same identity make one task; the later one reports
+	// created = false.
+	DispatchTasks(context.Context, *connect.Request[v1.DispatchTasksRequest]) (*connect.Response[v1.DispatchTasksResponse], error)
 	// Cancels a pending or suspended task at once; for a running task, records
 	// the request, which its worker sees on its next Heartbeat.
 	CancelTask(context.Context, *connect.Request[v1.CancelTaskRequest]) (*connect.Response[v1.CancelTaskResponse], error)
@@ -202,6 +233,12 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 		TaskServiceDispatchTaskProcedure,
 		svc.DispatchTask,
 		connect.WithSchema(taskServiceMethods.ByName("DispatchTask")),
+		connect.WithHandlerOptions(opts...),
+	)
+	taskServiceDispatchTasksHandler := connect.NewUnaryHandler(
+		TaskServiceDispatchTasksProcedure,
+		svc.DispatchTasks,
+		connect.WithSchema(taskServiceMethods.ByName("DispatchTasks")),
 		connect.WithHandlerOptions(opts...),
 	)
 	taskServiceCancelTaskHandler := connect.NewUnaryHandler(
@@ -244,6 +281,8 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 		switch r.URL.Path {
 		case TaskServiceDispatchTaskProcedure:
 			taskServiceDispatchTaskHandler.ServeHTTP(w, r)
+		case TaskServiceDispatchTasksProcedure:
+			taskServiceDispatchTasksHandler.ServeHTTP(w, r)
 		case TaskServiceCancelTaskProcedure:
 			taskServiceCancelTaskHandler.ServeHTTP(w, r)
 		case TaskServiceResumeTaskProcedure:
@@ -267,6 +306,10 @@ type UnimplementedTaskServiceHandler struct{}
 
 func (UnimplementedTaskServiceHandler) DispatchTask(context.Context, *connect.Request[v1.DispatchTaskRequest]) (*connect.Response[v1.DispatchTaskResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskstream.v1.TaskService.DispatchTask is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) DispatchTasks(context.Context, *connect.Request[v1.DispatchTasksRequest]) (*connect.Response[v1.DispatchTasksResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskstream.v1.TaskService.DispatchTasks is not implemented"))
 }
 
 func (UnimplementedTaskServiceHandler) CancelTask(context.Context, *connect.Request[v1.CancelTaskRequest]) (*connect.Response[v1.CancelTaskResponse], error) {

@@ -46,6 +46,11 @@ const (
 	WorkerServiceCompleteTaskProcedure = "/taskstream.v1.WorkerService/CompleteTask"
 	// WorkerServiceFailTaskProcedure is the fully-qualified name of the WorkerService's FailTask RPC.
 	WorkerServiceFailTaskProcedure = "/taskstream.v1.WorkerService/FailTask"
+	// WorkerServiceCompleteTasksProcedure is the fully-qualified name of the WorkerService's
+	// CompleteTasks RPC.
+	WorkerServiceCompleteTasksProcedure = "/taskstream.v1.WorkerService/CompleteTasks"
+	// WorkerServiceFailTasksProcedure is the fully-qualified name of the WorkerService's FailTasks RPC.
+	WorkerServiceFailTasksProcedure = "/taskstream.v1.WorkerService/FailTasks"
 	// WorkerServiceSuspendTaskProcedure is the fully-qualified name of the WorkerService's SuspendTask
 	// RPC.
 	WorkerServiceSuspendTaskProcedure = "/taskstream.v1.WorkerService/SuspendTask"
@@ -54,7 +59,8 @@ const (
 // WorkerServiceClient is a client for the taskstream.v1.WorkerService service.
 type WorkerServiceClient interface {
 	// Long-polls for up to max_tasks pending tasks of the given tools, oldest
-	// first, and leases them to the worker.
+	// first (tasks created in the same millisecond, such as one DispatchTasks
+	// call's, in no set order), and leases them to the worker.
 	ClaimTasks(context.Context, *connect.Request[v1.ClaimTasksRequest]) (*connect.Response[v1.ClaimTasksResponse], error)
 	// Extends a lease; says whether the task's cancel was requested.
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
@@ -63,6 +69,16 @@ type WorkerServiceClient interface {
 	CompleteTask(context.Context, *connect.Request[v1.CompleteTaskRequest]) (*connect.Response[v1.CompleteTaskResponse], error)
 	// Ends the task FAILED; CANCELLED instead when its cancel was requested.
 	FailTask(context.Context, *connect.Request[v1.FailTaskRequest]) (*connect.Response[v1.FailTaskResponse], error)
+	// Completes up to 1000 tasks in one call, each exactly as CompleteTask
+	// would, and answers one outcome per request, in order: a worker finishing
+	// the batch ClaimTasks gave it. Every request is validated first: an
+	// invalid one fails the whole call with INVALID_ARGUMENT (field
+	// "requests[i].<field>") and changes nothing. A refusal (a lost lease, an
+	// unknown task, a wrong status) is that item's outcome; the others commit.
+	CompleteTasks(context.Context, *connect.Request[v1.CompleteTasksRequest]) (*connect.Response[v1.CompleteTasksResponse], error)
+	// Fails up to 1000 tasks in one call, each exactly as FailTask would; the
+	// same rules as CompleteTasks.
+	FailTasks(context.Context, *connect.Request[v1.FailTasksRequest]) (*connect.Response[v1.FailTasksResponse], error)
 	// Suspends the task until a producer calls ResumeTask.
 	SuspendTask(context.Context, *connect.Request[v1.SuspendTaskRequest]) (*connect.Response[v1.SuspendTaskResponse], error)
 }
@@ -108,6 +124,18 @@ func NewWorkerServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(workerServiceMethods.ByName("FailTask")),
 			connect.WithClientOptions(opts...),
 		),
+		completeTasks: connect.NewClient[v1.CompleteTasksRequest, v1.CompleteTasksResponse](
+			httpClient,
+			baseURL+WorkerServiceCompleteTasksProcedure,
+			connect.WithSchema(workerServiceMethods.ByName("CompleteTasks")),
+			connect.WithClientOptions(opts...),
+		),
+		failTasks: connect.NewClient[v1.FailTasksRequest, v1.FailTasksResponse](
+			httpClient,
+			baseURL+WorkerServiceFailTasksProcedure,
+			connect.WithSchema(workerServiceMethods.ByName("FailTasks")),
+			connect.WithClientOptions(opts...),
+		),
 		suspendTask: connect.NewClient[v1.SuspendTaskRequest, v1.SuspendTaskResponse](
 			httpClient,
 			baseURL+WorkerServiceSuspendTaskProcedure,
@@ -119,12 +147,14 @@ func NewWorkerServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 
 // workerServiceClient implements WorkerServiceClient.
 type workerServiceClient struct {
-	claimTasks   *connect.Client[v1.ClaimTasksRequest, v1.ClaimTasksResponse]
-	heartbeat    *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
-	reportOutput *connect.Client[v1.ReportOutputRequest, v1.ReportOutputResponse]
-	completeTask *connect.Client[v1.CompleteTaskRequest, v1.CompleteTaskResponse]
-	failTask     *connect.Client[v1.FailTaskRequest, v1.FailTaskResponse]
-	suspendTask  *connect.Client[v1.SuspendTaskRequest, v1.SuspendTaskResponse]
+	claimTasks    *connect.Client[v1.ClaimTasksRequest, v1.ClaimTasksResponse]
+	heartbeat     *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
+	reportOutput  *connect.Client[v1.ReportOutputRequest, v1.ReportOutputResponse]
+	completeTask  *connect.Client[v1.CompleteTaskRequest, v1.CompleteTaskResponse]
+	failTask      *connect.Client[v1.FailTaskRequest, v1.FailTaskResponse]
+	completeTasks *connect.Client[v1.CompleteTasksRequest, v1.CompleteTasksResponse]
+	failTasks     *connect.Client[v1.FailTasksRequest, v1.FailTasksResponse]
+	suspendTask   *connect.Client[v1.SuspendTaskRequest, v1.SuspendTaskResponse]
 }
 
 // ClaimTasks calls taskstream.v1.WorkerService.ClaimTasks.
@@ -152,6 +182,16 @@ func (c *workerServiceClient) FailTask(ctx context.Context, req *connect.Request
 	return c.failTask.CallUnary(ctx, req)
 }
 
+// CompleteTasks calls taskstream.v1.WorkerService.CompleteTasks.
+func (c *workerServiceClient) CompleteTasks(ctx context.Context, req *connect.Request[v1.CompleteTasksRequest]) (*connect.Response[v1.CompleteTasksResponse], error) {
+	return c.completeTasks.CallUnary(ctx, req)
+}
+
+// FailTasks calls taskstream.v1.WorkerService.FailTasks.
+func (c *workerServiceClient) FailTasks(ctx context.Context, req *connect.Request[v1.FailTasksRequest]) (*connect.Response[v1.FailTasksResponse], error) {
+	return c.failTasks.CallUnary(ctx, req)
+}
+
 // SuspendTask calls taskstream.v1.WorkerService.SuspendTask.
 func (c *workerServiceClient) SuspendTask(ctx context.Context, req *connect.Request[v1.SuspendTaskRequest]) (*connect.Response[v1.SuspendTaskResponse], error) {
 	return c.suspendTask.CallUnary(ctx, req)
@@ -160,7 +200,8 @@ func (c *workerServiceClient) SuspendTask(ctx context.Context, req *connect.Requ
 // WorkerServiceHandler is an implementation of the taskstream.v1.WorkerService service.
 type WorkerServiceHandler interface {
 	// Long-polls for up to max_tasks pending tasks of the given tools, oldest
-	// first, and leases them to the worker.
+	// first (tasks created in the same millisecond, such as one DispatchTasks
+	// call's, in no set order), and leases them to the worker.
 	ClaimTasks(context.Context, *connect.Request[v1.ClaimTasksRequest]) (*connect.Response[v1.ClaimTasksResponse], error)
 	// Extends a lease; says whether the task's cancel was requested.
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
@@ -169,6 +210,16 @@ type WorkerServiceHandler interface {
 	CompleteTask(context.Context, *connect.Request[v1.CompleteTaskRequest]) (*connect.Response[v1.CompleteTaskResponse], error)
 	// Ends the task FAILED; CANCELLED instead when its cancel was requested.
 	FailTask(context.Context, *connect.Request[v1.FailTaskRequest]) (*connect.Response[v1.FailTaskResponse], error)
+	// Completes up to 1000 tasks in one call, each exactly as CompleteTask
+	// would, and answers one outcome per request, in order: a worker finishing
+	// the batch ClaimTasks gave it. Every request is validated first: an
+	// invalid one fails the whole call with INVALID_ARGUMENT (field
+	// "requests[i].<field>") and changes nothing. A refusal (a lost lease, an
+	// unknown task, a wrong status) is that item's outcome; the others commit.
+	CompleteTasks(context.Context, *connect.Request[v1.CompleteTasksRequest]) (*connect.Response[v1.CompleteTasksResponse], error)
+	// Fails up to 1000 tasks in one call, each exactly as FailTask would; the
+	// same rules as CompleteTasks.
+	FailTasks(context.Context, *connect.Request[v1.FailTasksRequest]) (*connect.Response[v1.FailTasksResponse], error)
 	// Suspends the task until a producer calls ResumeTask.
 	SuspendTask(context.Context, *connect.Request[v1.SuspendTaskRequest]) (*connect.Response[v1.SuspendTaskResponse], error)
 }
@@ -210,6 +261,18 @@ func NewWorkerServiceHandler(svc WorkerServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(workerServiceMethods.ByName("FailTask")),
 		connect.WithHandlerOptions(opts...),
 	)
+	workerServiceCompleteTasksHandler := connect.NewUnaryHandler(
+		WorkerServiceCompleteTasksProcedure,
+		svc.CompleteTasks,
+		connect.WithSchema(workerServiceMethods.ByName("CompleteTasks")),
+		connect.WithHandlerOptions(opts...),
+	)
+	workerServiceFailTasksHandler := connect.NewUnaryHandler(
+		WorkerServiceFailTasksProcedure,
+		svc.FailTasks,
+		connect.WithSchema(workerServiceMethods.ByName("FailTasks")),
+		connect.WithHandlerOptions(opts...),
+	)
 	workerServiceSuspendTaskHandler := connect.NewUnaryHandler(
 		WorkerServiceSuspendTaskProcedure,
 		svc.SuspendTask,
@@ -228,6 +291,10 @@ func NewWorkerServiceHandler(svc WorkerServiceHandler, opts ...connect.HandlerOp
 			workerServiceCompleteTaskHandler.ServeHTTP(w, r)
 		case WorkerServiceFailTaskProcedure:
 			workerServiceFailTaskHandler.ServeHTTP(w, r)
+		case WorkerServiceCompleteTasksProcedure:
+			workerServiceCompleteTasksHandler.ServeHTTP(w, r)
+		case WorkerServiceFailTasksProcedure:
+			workerServiceFailTasksHandler.ServeHTTP(w, r)
 		case WorkerServiceSuspendTaskProcedure:
 			workerServiceSuspendTaskHandler.ServeHTTP(w, r)
 		default:
@@ -257,6 +324,14 @@ func (UnimplementedWorkerServiceHandler) CompleteTask(context.Context, *connect.
 
 func (UnimplementedWorkerServiceHandler) FailTask(context.Context, *connect.Request[v1.FailTaskRequest]) (*connect.Response[v1.FailTaskResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskstream.v1.WorkerService.FailTask is not implemented"))
+}
+
+func (UnimplementedWorkerServiceHandler) CompleteTasks(context.Context, *connect.Request[v1.CompleteTasksRequest]) (*connect.Response[v1.CompleteTasksResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskstream.v1.WorkerService.CompleteTasks is not implemented"))
+}
+
+func (UnimplementedWorkerServiceHandler) FailTasks(context.Context, *connect.Request[v1.FailTasksRequest]) (*connect.Response[v1.FailTasksResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskstream.v1.WorkerService.FailTasks is not implemented"))
 }
 
 func (UnimplementedWorkerServiceHandler) SuspendTask(context.Context, *connect.Request[v1.SuspendTaskRequest]) (*connect.Response[v1.SuspendTaskResponse], error) {
