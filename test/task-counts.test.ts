@@ -104,6 +104,10 @@ for (const dialect of DIALECTS) {
           retainCancelledMs: 300,
           retainFailedMs: 3_600_000,
           retryDelayMs: 0,
+          // 400 dispatches at once queue for PostgreSQL's 10 connections, and
+          // a wait for one counts against this timeout: on a busy machine
+          // the default 5 s ran out.
+          databaseConnectTimeoutMs: 60_000,
         });
       });
       afterAll(() => t?.close());

@@ -80,7 +80,7 @@ export async function seed(request: SeedRequest, progress: (done: number) => voi
           entries.push({ task: row, kind: withArgs(templateEvents[1], args) });
           rows.push(row);
         }
-        const events = await appendEvents(trx, entries, now);
+        const events = await appendEvents(trx, db.dialect, entries, now);
         rows.forEach((row, k) => (row.sequence = Number(events[2 * k + 1].sequence)));
         for (let k = 0; k < rows.length; k += ROWS_PER_INSERT) {
           await trx.insertInto("tasks").values(rows.slice(k, k + ROWS_PER_INSERT)).execute();

@@ -3,7 +3,8 @@ import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { sql, type Kysely, type Transaction } from "kysely";
 import { TaskEventSchema, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
 import { timestampFromMs } from "../domain/time.js";
-import { binaryChunks } from "./batch-statements.js";
+import { binaryChunks, insertRows } from "./batch-statements.js";
+import type { DialectName } from "./connect.js";
 import { eventBytes } from "./event-wire.js";
 import { WireWriter } from "./wire-writer.js";
 import type { Database, EventRow, TaskRow } from "./schema.js";
@@ -23,6 +24,7 @@ export type EventKind = NonNullable<MessageInitShape<typeof TaskEventSchema>["ki
  */
 export async function appendEvents(
   trx: Transaction<Database>,
+  dialect: DialectName,
   entries: { task: TaskRow; kind: EventKind }[],
   now: number,
 ): Promise<AppendedEvent[]> {
@@ -35,7 +37,7 @@ export async function appendEvents(
     .executeTakeFirstOrThrow();
   const first = head.last_sequence - entries.length + 1;
   const rows = entries.map(({ task, kind }, i) => eventRow(task, kind, first + i, now));
-  for (const chunk of binaryChunks(rows)) await trx.insertInto("events").values(chunk).execute();
+  for (const chunk of binaryChunks(rows)) await insertRows(trx, dialect, "events", chunk);
   return rows.map((row) => ({ taskId: row.task_id, sequence: row.sequence }));
 }
 

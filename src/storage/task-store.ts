@@ -166,7 +166,7 @@ export class TaskStore {
     }
     return this.transaction(async (tx) => {
       const rows = items.map(({ input }) => newTaskRow(input, tx.now));
-      const inserted = await insertNewTaskRows(tx.trx, rows);
+      const inserted = await insertNewTaskRows(tx.trx, tx.dialect, rows);
       const created = rows.filter((row) => inserted.has(row.task_id));
       tx.counts.add(TaskStatus.PENDING, created.length);
       const queued = await applyAll(tx, created.map((task) => ({ task, steps: [queuedStep(task)] })));
@@ -474,7 +474,7 @@ async function applyAll(tx: Tx, changes: { task: TaskRow; steps: Step[] }[]): Pr
     }
     return next;
   });
-  const events = await appendEvents(tx.trx, entries, tx.now);
+  const events = await appendEvents(tx.trx, tx.dialect, entries, tx.now);
   // Each task's row records the sequence of its last event.
   const lastSequence = new Map(events.map((e) => [e.taskId, Number(e.sequence)]));
   if (events.length > 0) tx.newestSequence = Number(events[events.length - 1].sequence);
