@@ -16,35 +16,60 @@ const entry = (sequence: number, f: Partial<LogEntry>): LogEntry => ({
 });
 
 describe("stream waiters", () => {
-  it("wakes only the streams an arriving event matches, and only for events past their position", async () => {
+  it("hands each subscriber the new events its filter matches past its position, one call per batch", () => {
     const waiters = new StreamWaiters();
-    const woken: string[] = [];
-    const park = (name: string, position: number, f: Partial<EventFilter>) =>
-      void waiters.wait(position, filter(f), 2000).then((matched) => matched && woken.push(name));
-    park("agent a", 10, { agentId: "a" });
-    park("agent a, run r2", 10, { agentId: "a", runId: "r2" });
-    park("agent b", 10, { agentId: "b" });
-    park("task t9", 10, { taskId: "t9" });
-    park("run r", 10, { runId: "r" });
-    park("all", 10, {});
-    park("agent a, ahead", 12, { agentId: "a" });
+    const got = new Map<string, number[][]>();
+    const subscribe = (name: string, position: number, f: Partial<EventFilter>) =>
+      waiters.subscribe({ position, filter: filter(f), deliver: (events) => got.set(name, [...(got.get(name) ?? []), events.map((e) => e.sequence)]) });
+    subscribe("agent a", 10, { agentId: "a" });
+    subscribe("agent a, run r2", 10, { agentId: "a", runId: "r2" });
+    subscribe("agent b", 10, { agentId: "b" });
+    subscribe("task t9", 10, { taskId: "t9" });
+    subscribe("run r", 10, { runId: "r" });
+    subscribe("all", 10, {});
+    subscribe("agent a, ahead", 12, { agentId: "a" });
     expect(waiters.count).toBe(7);
     waiters.arrived([entry(11, { agentId: "a", runId: "r" })]);
-    await new Promise((r) => setImmediate(r));
-    expect(woken.sort()).toEqual(["agent a", "all", "run r"]);
-    waiters.arrived([entry(12, { agentId: "c", taskId: "t9" }), entry(13, { agentId: "a", runId: "r2" })]);
-    await new Promise((r) => setImmediate(r));
-    expect(woken.sort()).toEqual(["agent a", "agent a, ahead", "agent a, run r2", "all", "run r", "task t9"]);
-    expect(waiters.count).toBe(1);
+    expect([...got.keys()].sort()).toEqual(["agent a", "all", "run r"]);
+    const batch = [entry(12, { agentId: "c", taskId: "t9" }), entry(13, { agentId: "a", runId: "r2" })];
+    waiters.arrived(batch);
+    expect(Object.fromEntries(got)).toEqual({
+      "agent a": [[11], [13]],
+      "agent a, run r2": [[13]],
+      "agent a, ahead": [[13]],
+      "task t9": [[12]],
+      "run r": [[11], [12]],
+      all: [[11], [12, 13]],
+    });
+    expect(waiters.count).toBe(7);
   });
 
-  it("resolves false on timeout and on abort, and forgets the waiter", async () => {
+  it("gives a subscriber that matches a whole batch the batch itself, so its frames are shared", () => {
     const waiters = new StreamWaiters();
-    expect(await waiters.wait(0, filter({ agentId: "x" }), 20)).toBe(false);
-    const abort = new AbortController();
-    const parked = waiters.wait(0, filter({}), 60_000, abort.signal);
-    abort.abort();
-    expect(await parked).toBe(false);
+    const seen: (readonly LogEntry[])[] = [];
+    waiters.subscribe({ position: 0, filter: filter({}), deliver: (events) => seen.push(events) });
+    waiters.subscribe({ position: 0, filter: filter({ toolName: "tool" }), deliver: (events) => seen.push(events) });
+    const batch = [entry(1, {}), entry(2, {})];
+    waiters.arrived(batch);
+    expect(seen).toEqual([batch, batch]);
+    expect(seen.every((events) => events === batch)).toBe(true);
+  });
+
+  it("forgets a subscriber once unsubscribed, and an agent's index once it has none", () => {
+    const waiters = new StreamWaiters();
+    const got: number[] = [];
+    const unsubscribeA = waiters.subscribe({ position: 0, filter: filter({ agentId: "a" }), deliver: (events) => got.push(...events.map((e) => e.sequence)) });
+    const unsubscribeAll = waiters.subscribe({ position: 0, filter: filter({}), deliver: () => {} });
+    unsubscribeA();
+    unsubscribeA();
+    unsubscribeAll();
+    waiters.arrived([entry(1, {})]);
+    expect(got).toEqual([]);
     expect(waiters.count).toBe(0);
+    // A later subscriber for the same agent gets its own index entry.
+    waiters.subscribe({ position: 0, filter: filter({ agentId: "a" }), deliver: (events) => got.push(...events.map((e) => e.sequence)) });
+    unsubscribeA();
+    waiters.arrived([entry(2, {})]);
+    expect(got).toEqual([2]);
   });
 });

@@ -1,7 +1,7 @@
 import type { Db } from "../storage/connect.js";
 import { logBounds, matchesFilter, readLogEntries, type EventFilter, type LogEntry } from "../storage/event-log.js";
 import type { LogSignal } from "./log-signal.js";
-import { StreamWaiters } from "./stream-waiters.js";
+import { StreamWaiters, type Subscriber } from "./stream-waiters.js";
 
 export interface EventTailOptions {
   /** How many recent events stay in memory for subscribers to read. */
@@ -64,19 +64,18 @@ export class EventTail {
   }
 
   /**
-   * Waits until the tail holds an event after `position` that `filter`
-   * matches, at most timeoutMs. Resolves with where the stream's cursor may
-   * move without reading: `position` when something matched (or was already
-   * unread), else the head, since every event that arrived meanwhile was
-   * checked against the filter and none matched.
+   * Follows the log live from `position`, which must be caught up (at or past
+   * the head): each batch the tail reads from now on hands `deliver` the
+   * events after `position` that match `filter`, synchronously. Until the
+   * returned function unsubscribes, the stream has been offered every event up
+   * to the head.
    */
-  async waitFor(position: number, filter: EventFilter, timeoutMs: number, signal?: AbortSignal): Promise<number> {
-    if (position < this.head) return position;
-    const matched = await this.waiters.wait(position, filter, timeoutMs, signal);
-    return matched || signal?.aborted ? position : Math.max(position, this.head);
+  subscribe(position: number, filter: EventFilter, deliver: Subscriber["deliver"]): () => void {
+    if (position < this.head) throw new Error(`subscribe at ${position}, behind the tail's head ${this.head}`);
+    return this.waiters.subscribe({ position, filter, deliver });
   }
 
-  /** Streams parked in waitFor, for gauges and leak checks. */
+  /** Streams following the tail live, for gauges and leak checks. */
   get waiterCount(): number {
     return this.waiters.count;
   }

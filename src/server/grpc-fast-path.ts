@@ -2,7 +2,7 @@ import type http2 from "node:http2";
 import { promisify } from "node:util";
 import { gunzip, gzip } from "node:zlib";
 import { create, fromBinary, isMessage, toBinary, type DescMessage, type DescMethodServerStreaming, type DescMethodUnary, type DescService, type MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, createHandlerContext, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, createContextValues, createHandlerContext, type HandlerContext } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import type { Handler } from "./listener.js";
 
@@ -18,6 +18,23 @@ export interface GrpcFastPathOptions {
   /** What any other call's interceptors make of an error: a status to answer with. */
   toConnectError(error: unknown, procedure: string): ConnectError;
 }
+
+/**
+ * The response side of a server-streaming call served here, for a handler
+ * that writes whole gRPC frames itself (many per write) rather than yielding
+ * one message at a time. What it yields is still written, in order.
+ */
+export interface GrpcFrameOutput {
+  /** Writes length-prefixed messages; false once the stream's buffer is full. */
+  write(frames: Uint8Array): boolean;
+  /** Whether the last write filled the buffer and no drain has followed yet. */
+  readonly full: boolean;
+  /** Resolves once the buffer drained, or the stream closed, or the signal aborted. */
+  drained(signal: AbortSignal): Promise<void>;
+}
+
+/** Set in the handler context of streaming calls on the fast path. */
+export const grpcFrameOutput = createContextKey<GrpcFrameOutput | undefined>(undefined, { description: "gRPC frame output" });
 
 type AnyMethod = DescMethodUnary | DescMethodServerStreaming;
 type UnaryHandler = (request: unknown, ctx: HandlerContext) => Promise<unknown> | unknown;
@@ -41,10 +58,10 @@ interface Route {
  * (bench/lifecycle/rpc-floor.ts), and passed every streamed message through
  * several async iterables, written and awaited alone. Here a call is its
  * request frame decoded, the handler, and its answer written with its
- * trailers; a stream's event frames (stored bytes behind the 5-byte prefix)
- * are built once, shared by every stream, and the frames of one event-loop
- * turn leave in one corked write. Unary answers are gzipped as connect-node
- * would (at level 1); streamed ones are not, which keeps their frames shareable.
+ * trailers. A streaming handler may write frames itself through
+ * `grpcFrameOutput` (StreamTasks writes each page of events as one buffer of
+ * frames, straight from their stored bytes). Unary answers are gzipped as
+ * connect-node would (at level 1); streamed ones are not.
  */
 export function withGrpcFastPath(next: Handler, services: [DescService, object][], options: GrpcFastPathOptions): Handler {
   const routes = new Map<string, Route>();
@@ -75,6 +92,7 @@ async function serve(
   stream.once("close", () => clientGone.abort(new ConnectError("the client closed the stream", Code.Canceled)));
   stream.on("error", () => {});
   const timeout = parseTimeout(String(req.headers["grpc-timeout"] ?? "") || null, Number.MAX_SAFE_INTEGER);
+  const writer = new FrameWriter(stream);
   const ctx = createHandlerContext({
     service: route.service,
     method: route.method,
@@ -85,10 +103,10 @@ async function serve(
     shutdownSignal: options.shutdownSignal,
     requestSignal: clientGone.signal,
     requestHeader: Object.entries(req.headers).filter((h): h is [string, string] => typeof h[1] === "string" && !h[0].startsWith(":")),
+    contextValues: route.method.methodKind === "server_streaming" ? createContextValues().set(grpcFrameOutput, writer) : undefined,
   });
   // Node's compatibility response owns the stream's headers and trailers.
   const headers = { "content-type": contentType, "grpc-accept-encoding": "gzip" };
-  const writer = new FrameWriter(stream);
   let failure: ConnectError | undefined;
   try {
     if (timeout.error) throw timeout.error;
@@ -102,11 +120,11 @@ async function serve(
       const gzip = message.length >= options.compressMinBytes && /\bgzip\b/.test(String(req.headers["grpc-accept-encoding"] ?? ""));
       if (!stream.closed) res.writeHead(200, gzip ? { ...headers, "grpc-encoding": "gzip" } : headers);
       // Level 1: half the time of the default level on a list page, for ~8% more bytes.
-      await writer.write(gzip ? frame(await gzipAsync(message, { level: 1 }), true) : frame(message), ctx.signal);
+      await writer.send(gzip ? frame(await gzipAsync(message, { level: 1 }), true) : frame(message), ctx.signal);
     } else {
       res.writeHead(200, headers);
       for await (const response of (route.impl as StreamHandler)(request, ctx)) {
-        await writer.write(sharedFrame(route.method, response), ctx.signal);
+        await writer.send(frame(messageBytes(route.method, response)), ctx.signal);
       }
     }
   } catch (error) {
@@ -117,7 +135,7 @@ async function serve(
   if (stream.destroyed || stream.closed) return;
   if (!res.headersSent) res.writeHead(200, headers);
   res.addTrailers(Object.fromEntries(setTrailerStatus(new Headers(), failure).entries()));
-  writer.end(res);
+  res.end();
 }
 
 /** The call's one request message: a 5-byte prefix, then the message, gzipped if flagged. */
@@ -151,32 +169,13 @@ async function readRequest(req: http2.Http2ServerRequest, method: AnyMethod, max
   }
 }
 
-// StreamTasks shares one response message per event among its streams
-// (stream-tasks.ts), so the frames of those are shared too.
-const frames = new WeakMap<object, Buffer>();
-
-/**
- * A streamed response's frame. Only messages are kept: the shared event
- * responses are; a heartbeat or snapshot_complete is a fresh plain object,
- * sent once.
- */
-function sharedFrame(method: AnyMethod, response: unknown): Buffer {
-  if (!isMessage(response, method.output)) return frame(messageBytes(method, response));
-  let framed = frames.get(response);
-  if (!framed) {
-    framed = frame(messageBytes(method, response));
-    frames.set(response, framed);
-  }
-  return framed;
-}
-
 function messageBytes(method: AnyMethod, response: unknown): Uint8Array {
   const message = isMessage(response, method.output) ? response : create(method.output, response as MessageInitShape<DescMessage>);
   return toBinary(method.output, message);
 }
 
 /** A gRPC length-prefixed message. */
-function frame(bytes: Uint8Array, compressed = false): Buffer {
+export function frame(bytes: Uint8Array, compressed = false): Buffer {
   const framed = Buffer.allocUnsafe(5 + bytes.length);
   framed[0] = compressed ? 1 : 0;
   framed.writeUInt32BE(bytes.length, 1);
@@ -185,24 +184,30 @@ function frame(bytes: Uint8Array, compressed = false): Buffer {
 }
 
 /**
- * Writes frames to an HTTP/2 stream, corked for the rest of the event loop's
- * turn so the frames written in it go out together, and waits for a drain
- * only when the stream's buffer is full (the client reads slower than we send).
+ * Writes frames to an HTTP/2 stream, and waits for a drain only when the
+ * stream's buffer is full (the client reads slower than we send).
  */
-class FrameWriter {
-  private corked = false;
-
+class FrameWriter implements GrpcFrameOutput {
   constructor(private readonly stream: http2.ServerHttp2Stream) {}
 
-  async write(frame: Buffer, signal: AbortSignal): Promise<void> {
-    if (!this.corked) {
-      this.corked = true;
-      this.stream.cork();
-      setImmediate(() => this.uncork());
-    }
-    if (this.stream.write(frame)) return;
-    this.uncork();
-    await new Promise<void>((resolve) => {
+  write(frames: Uint8Array): boolean {
+    return this.stream.write(frames);
+  }
+
+  /** A closed stream never drains: it counts as not full, and the call's signal ends the handler. */
+  get full(): boolean {
+    return this.stream.writableNeedDrain && !this.stream.destroyed && !this.stream.closed;
+  }
+
+  /** Writes, then waits while the buffer is full; throws if the call ended meanwhile. */
+  async send(frames: Uint8Array, signal: AbortSignal): Promise<void> {
+    if (!this.write(frames)) await this.drained(signal);
+    signal.throwIfAborted();
+  }
+
+  drained(signal: AbortSignal): Promise<void> {
+    if (!this.full || signal.aborted) return Promise.resolve();
+    return new Promise<void>((resolve) => {
       const done = () => {
         this.stream.off("drain", done);
         this.stream.off("close", done);
@@ -213,17 +218,5 @@ class FrameWriter {
       this.stream.once("close", done);
       signal.addEventListener("abort", done, { once: true });
     });
-    signal.throwIfAborted();
-  }
-
-  end(res: http2.Http2ServerResponse): void {
-    this.uncork();
-    res.end();
-  }
-
-  private uncork(): void {
-    if (!this.corked) return;
-    this.corked = false;
-    this.stream.uncork();
   }
 }
