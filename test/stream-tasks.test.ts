@@ -5,6 +5,7 @@ import { TaskService } from "../gen/taskstream/v1/task_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/taskstream/v1/task_pb.js";
 import { errorReason } from "../src/errors.js";
+import { logBounds, readEvents } from "../src/storage/event-log.js";
 import { ConnectError } from "@connectrpc/connect";
 import { expectError } from "./support/expect-error.js";
 import { collect, eventually } from "./support/streams.js";
@@ -249,6 +250,46 @@ for (const dialect of DIALECTS) {
       await done;
       expect(received.events.map((e) => e.taskId)).toEqual(ids.flatMap((id) => [id, id]));
       expect(received.events.map((e) => e.kind.case)).toEqual(ids.flatMap(() => ["queued", "cancelled"]));
+    });
+
+    it("sends a snapshot and a replay many writes long to a slow reader, in order, over gRPC and Connect", async () => {
+      const agentId = unique();
+      const cursor = (await logBounds(t.server.deps.db.kysely)).last;
+      // 1,200 running tasks: 2,400 events, more than a page read from the log,
+      // and frames far past one write.
+      const ids: string[] = [];
+      for (let batch = 0; batch < 3; batch++) {
+        const requests = Array.from({ length: 400 }, (_, i) => ({
+          toolName: "many",
+          agentId,
+          toolCallId: `${batch}-${i}`,
+          args: { pad: "x".repeat(200) },
+          claim: { workerId: "w" },
+        }));
+        const { results } = await t.tasks().dispatchTasks({ requests });
+        for (const r of results) ids.push(r.outcome.case === "dispatched" ? r.outcome.value.task!.taskId : "");
+      }
+      const log = (await readEvents(t.server.deps.db.kysely, { after: cursor, limit: 100_000 })).filter((e) => e.agentId === agentId);
+      expect(log).toHaveLength(2400);
+      // The reader stalls at its first message, long enough for the server's writes to fill the stream.
+      const slowly = () => {
+        let stalled = false;
+        return async () => {
+          if (!stalled) await new Promise((r) => setTimeout(r, 300));
+          stalled = true;
+        };
+      };
+      for (const protocol of ["grpc", "connect"] as const) {
+        const abort = new AbortController();
+        const snapshot = collect(t.tasks(protocol), { filter: { agentId } }, { signal: abort.signal, onMessage: slowly() });
+        const replay = collect(t.tasks(protocol), { filter: { agentId }, afterSequence: BigInt(cursor) }, { signal: abort.signal, onMessage: slowly() });
+        await eventually(() => snapshot.received.live && replay.received.events.length === log.length, 20_000, `${protocol}: snapshot and replay`);
+        abort.abort();
+        await Promise.all([snapshot.done, replay.done]);
+        expect(snapshot.received.snapshot.map((e) => e.taskId).sort(), protocol).toEqual([...ids].sort());
+        expect(snapshot.received.snapshot.every((e) => e.kind.case === "running")).toBe(true);
+        expect(replay.received.events.map((e) => e.sequence), protocol).toEqual(log.map((e) => e.sequence));
+      }
     });
   });
 }
