@@ -4,6 +4,7 @@
  * writes them to the "## stream-fanout" section of bench/README.md.
  *
  *   npm run bench:stream-fanout -- [--quick] [--dialect sqlite|postgres] [--profile] [--no-readme]
+ *     [--client go|node|go,node]
  *     [--agents 1000] [--unfiltered 100] [--connections 16] [--idle-streams 10000]
  *     [--streams-per-connection 100] [--snapshot-tasks 100000] [--replay-events 100000]
  *     [--step-seconds 8] [--start-rate 100] [--rate-factor 1.4] [--max-steps 12]
@@ -11,8 +12,10 @@
  *     [--phases snapshot,raw,fanout,idle] [--quiet-wait-seconds 45] [--quiet-budget-seconds 240]
  *
  * Processes: the server (`node bin/taskstream.js serve`) and the raw server
- * are children; the producer is a child; every stream client runs in this
- * process, over HTTP/2 gRPC (connect-node createGrpcTransport).
+ * are children; the producer is a child. The stream clients are the Go reader
+ * (clients/go/cmd/stream-reader, a child, built at the start of the run), or
+ * connect-node's createGrpcTransport in this process (`--client node`), or
+ * both in turn (`--client go,node`); the default is go when it builds.
  */
 import { execFileSync, fork, type ChildProcess } from "node:child_process";
 import { copyFileSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
@@ -24,12 +27,12 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
 import { startBenchPostgres } from "../support/postgres.js";
-import { grpcTransports, StreamGroup } from "./clients.js";
-import { PhaseSampler, rssBytes, sleep, waitFor, waitForQuiet, type PhaseUsage } from "./procs.js";
+import { buildGoReader, CLIENT_LABEL, goReaders, nodeReaders, type ClientKind, type ReaderGroup, type Readers, type Request } from "./clients.js";
+import { PhaseSampler, rssBytes, sleep, waitForQuiet, type PhaseUsage } from "./procs.js";
 import { spawnServer, type Spawned } from "../support/server-process.js";
 import { dispatchShape, type ProduceRequest, type ProduceResult } from "./producer.js";
 import { summarizeProfile } from "./profile.js";
-import { printAndWrite, type Report, type StepResult, type RawResult } from "./report.js";
+import { printAndWrite, type ClientFigures, type Report, type StepResult } from "./report.js";
 import type { SeedRequest, SeedResult } from "./seed.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -42,6 +45,7 @@ const { values } = parseArgs({
     quick: { type: "boolean", default: false },
     dialect: { type: "string", default: "sqlite" },
     profile: { type: "boolean", default: false },
+    client: { type: "string" },
     "no-readme": { type: "boolean", default: false },
     "quiet-wait-seconds": { type: "string" },
     "quiet-budget-seconds": { type: "string" },
@@ -163,52 +167,73 @@ function startRaw(mode: "h2" | "connect"): Promise<Spawned> {
 }
 
 /** The fan-out streams: `unfiltered` with no filter, one per agent filtered to it; all live only. */
-async function openFanout(url: string): Promise<StreamGroup> {
-  const group = new StreamGroup(grpcTransports(url, cfg.connections));
+async function openFanout(readers: Readers, url: string): Promise<ReaderGroup> {
+  const group = readers.group(url, cfg.connections);
   const heartbeatInterval = { seconds: 60n };
+  const requests: Request[] = [];
   // Unfiltered streams first, so that round-robin spreads them over the connections.
-  for (let i = 0; i < cfg.unfiltered; i++) group.open({ skipSnapshot: true, heartbeatInterval });
-  for (let a = 0; a < cfg.agents; a++) group.open({ filter: { agentId: `agent-${a}` }, skipSnapshot: true, heartbeatInterval });
-  const total = cfg.unfiltered + cfg.agents;
-  if (!(await waitFor(() => group.receipts.live === total || group.receipts.errors.length > 0, 60_000))) {
-    throw new Error(`only ${group.receipts.live} of ${total} streams went live`);
+  for (let i = 0; i < cfg.unfiltered; i++) requests.push({ skipSnapshot: true, heartbeatInterval });
+  for (let a = 0; a < cfg.agents; a++) requests.push({ filter: { agentId: `agent-${a}` }, skipSnapshot: true, heartbeatInterval });
+  await group.open(requests);
+  if (!(await group.waitUntil({ live: requests.length }, 60_000))) {
+    const s = await group.stats();
+    await group.close();
+    throw new Error(`only ${s.live} of ${requests.length} streams went live; ${s.errors.slice(0, 3).join("; ")}`);
   }
-  if (group.receipts.errors.length > 0) throw new Error(`stream errors: ${group.receipts.errors.slice(0, 3).join("; ")}`);
   return group;
+}
+
+/** CPU the client processes use from start() to stop(), in cores. */
+function clientMeter(readers: Readers): { stop(): number } {
+  const t0 = performance.now();
+  const cpu0 = readers.cpuSeconds();
+  return { stop: () => (readers.cpuSeconds() - cpu0) / ((performance.now() - t0) / 1000) };
+}
+
+/** A PhaseSampler of the server whose clientCores are the readers' (this process, and the Go reader's). */
+function sampleWith(readers: Readers, pid: number): { stop(): PhaseUsage } {
+  const sampler = new PhaseSampler(pid).start();
+  const client = clientMeter(readers);
+  return { stop: () => ({ ...sampler.stop(), clientCores: client.stop() }) };
 }
 
 /** Deliveries per second over a window, and the latency of what arrived from its start until the streams drained. */
 async function measureWindow(
-  group: StreamGroup,
+  readers: Readers,
+  group: ReaderGroup,
   pid: number,
   seconds: number,
   drive: () => Promise<ProduceResult | undefined>,
-  caughtUp: (produced?: ProduceResult) => boolean,
-): Promise<{ deliveriesPerSec: number; p50: number; p99: number; max: number; usage: PhaseUsage; produced?: ProduceResult; drainMs: number }> {
-  const r = group.receipts;
+  caughtUp: (produced?: ProduceResult) => Promise<void>,
+): Promise<{ deliveriesPerSec: number; p50: number; p99: number; max: number; usage: PhaseUsage; produced?: ProduceResult; drainMs: number; orderErrors: number }> {
   const warm = Math.min(1, seconds / 4);
-  const sampler = new PhaseSampler(pid).start();
+  const sampler = sampleWith(readers, pid);
   const driving = drive();
   await sleep(warm * 1000);
-  r.latency.reset();
-  const d0 = r.deliveries;
+  await group.latency(true);
+  const s0 = await group.stats();
   const t0 = performance.now();
   await sleep((seconds - warm) * 1000);
   const produced = await driving;
-  const d1 = r.deliveries;
+  const s1 = await group.stats();
   const t1 = performance.now();
   const usage = sampler.stop();
   const drainStart = performance.now();
-  await waitFor(() => caughtUp(produced), 30_000, 10);
+  await caughtUp(produced);
   const drainMs = performance.now() - drainStart;
+  const latency = await group.latency();
+  const end = await group.stats();
+  if (end.errorCount > 0) log(`  ${end.errorCount} stream errors, first: ${end.errors[0]}`);
+  if (end.orderErrors > s0.orderErrors) log(`  ${end.orderErrors - s0.orderErrors} events out of sequence order, first: ${end.firstOrder}`);
   return {
-    deliveriesPerSec: (d1 - d0) / ((t1 - t0) / 1000),
-    p50: r.latency.quantile(0.5),
-    p99: r.latency.quantile(0.99),
-    max: r.latency.max,
+    deliveriesPerSec: (s1.deliveries - s0.deliveries) / ((t1 - t0) / 1000),
+    p50: latency.p50,
+    p99: latency.p99,
+    max: latency.max,
     usage,
     produced,
     drainMs,
+    orderErrors: end.orderErrors - s0.orderErrors,
   };
 }
 
@@ -241,8 +266,29 @@ async function withCleanup<T extends { stop(): unknown }>(thing: T, work: (thing
   }
 }
 
-/** Seeds the running tasks, then times the snapshot and the resume replay on a fresh server. */
-async function snapshotPhase(database: string, report: Report): Promise<void> {
+/**
+ * One stream on a fresh connection, until `until` holds: the snapshot's
+ * snapshot_complete, or the replay's last event. Returns the time from the
+ * call to then, the events received, and the CPU meanwhile.
+ */
+async function timedStream(readers: Readers, server: Spawned, request: Request, until: (received: number) => { live?: number; received?: number }, label: string) {
+  const group = readers.group(server.url, 1);
+  await group.setMeasuring(false);
+  const run = sampleWith(readers, server.pid);
+  const t0 = performance.now();
+  await group.open([request]);
+  const ok = await group.waitUntil({ from: 0, to: 1, ...until(cfg.replayEvents) }, 120_000);
+  const ms = performance.now() - t0;
+  const usage = run.stop();
+  const s = await group.stats(0, 1);
+  await group.close();
+  if (!ok) throw new Error(`${label}: ${s.errors[0] ?? "timed out"}`);
+  if (s.orderErrors) log(`  ${s.orderErrors} events out of sequence order, first: ${s.firstOrder}`);
+  return { ms, events: s.minReceived ?? s.deliveries, serverCores: usage.serverCores, clientCores: usage.clientCores, orderErrors: s.orderErrors };
+}
+
+/** Seeds the running tasks (once), for the snapshot and the replay. */
+async function seedPhase(database: string, report: Report): Promise<SeedResult> {
   log(`\n== seed: ${fmt(cfg.snapshotTasks)} running tasks (${fmt(2 * cfg.snapshotTasks)} events) through the storage layer`);
   let templateTaskId = "";
   // The server migrates the fresh database; one DispatchTask with claim makes the task the seed clones.
@@ -265,74 +311,56 @@ async function snapshotPhase(database: string, report: Report): Promise<void> {
   } satisfies SeedRequest);
   log(`  ${(seeded.seedMs / 1000).toFixed(1)} s, log at sequence ${fmt(seeded.lastSequence)}`);
   report.seedSeconds = seeded.seedMs / 1000;
+  return seeded;
+}
 
+/** Times the snapshot and the resume replay with one client, on a fresh server. */
+async function snapshotPhase(database: string, seeded: SeedResult, readers: Readers, report: Report, figures: ClientFigures): Promise<void> {
+  const who = CLIENT_LABEL[readers.kind];
   await withCleanup(await startTaskstream(database), async (server) => {
     await sleep(500);
-    report.rss.push({ phase: "server started on the seeded database", bytes: rssBytes(server.pid) });
-    await quiet("the snapshot");
+    report.rss.push({ phase: `server started on the seeded database (${who} client)`, bytes: rssBytes(server.pid) });
+    await quiet(`the snapshot (${readers.kind})`);
     const sampler = new PhaseSampler(server.pid).start();
-    log(`\n== snapshot: one unfiltered StreamTasks, from the call to snapshot_complete`);
-    report.snapshot = [];
+    log(`\n== snapshot, ${who} client: one unfiltered StreamTasks, from the call to snapshot_complete`);
+    figures.snapshot = [];
     for (let i = 0; i < cfg.repeats; i++) {
-      const group = new StreamGroup(grpcTransports(server.url, 1));
-      group.receipts.measuring = false;
-      const run = new PhaseSampler(server.pid).start();
-      const t0 = performance.now();
-      const s = group.open({});
-      await waitFor(() => group.receipts.live === 1 || group.receipts.errors.length > 0, 120_000, 1);
-      const ms = performance.now() - t0;
-      const usage = run.stop();
-      await group.close();
-      if (group.receipts.errors.length) throw new Error(`snapshot: ${group.receipts.errors[0]}`);
-      report.snapshot.push({ ms, events: s.received, serverCores: usage.serverCores, clientCores: usage.clientCores });
-      log(`  ${fmt(s.received)} tasks in ${ms.toFixed(0)} ms; server ${usage.serverCores.toFixed(2)} cores, client ${usage.clientCores.toFixed(2)} cores`);
+      const r = await timedStream(readers, server, {}, () => ({ live: 1 }), "snapshot");
+      figures.snapshot.push(r);
+      log(`  ${fmt(r.events)} tasks in ${r.ms.toFixed(0)} ms; server ${r.serverCores.toFixed(2)} cores, client ${r.clientCores.toFixed(2)} cores`);
     }
-    log(`\n== resume replay: after_sequence = last - ${fmt(cfg.replayEvents)}, until that many events arrived`);
-    report.replay = [];
+    log(`\n== resume replay, ${who} client: after_sequence = last - ${fmt(cfg.replayEvents)}, until that many events arrived`);
+    figures.replay = [];
     for (let i = 0; i < cfg.repeats; i++) {
-      const group = new StreamGroup(grpcTransports(server.url, 1));
-      group.receipts.measuring = false;
-      const run = new PhaseSampler(server.pid).start();
-      const t0 = performance.now();
-      const s = group.open({ afterSequence: BigInt(seeded.lastSequence - cfg.replayEvents) });
-      await waitFor(() => s.received >= cfg.replayEvents || group.receipts.errors.length > 0, 120_000, 1);
-      const ms = performance.now() - t0;
-      const usage = run.stop();
-      await group.close();
-      if (group.receipts.errors.length) throw new Error(`replay: ${group.receipts.errors[0]}`);
-      report.replay.push({ ms, events: s.received, serverCores: usage.serverCores, clientCores: usage.clientCores });
-      log(`  ${fmt(s.received)} events in ${ms.toFixed(0)} ms; server ${usage.serverCores.toFixed(2)} cores, client ${usage.clientCores.toFixed(2)} cores`);
+      const request = { afterSequence: BigInt(seeded.lastSequence - cfg.replayEvents) };
+      const r = await timedStream(readers, server, request, (n) => ({ received: n }), "replay");
+      figures.replay.push(r);
+      log(`  ${fmt(r.events)} events in ${r.ms.toFixed(0)} ms; server ${r.serverCores.toFixed(2)} cores, client ${r.clientCores.toFixed(2)} cores`);
     }
-    report.rss.push({ phase: "snapshot and replay (max)", bytes: sampler.stop().rssMaxBytes });
+    report.rss.push({ phase: `snapshot and replay, ${who} client (max)`, bytes: sampler.stop().rssMaxBytes });
   });
 
   if (values.profile) {
-    const what = "one snapshot, then one resume replay";
+    const what = `one snapshot, then one resume replay (${who} client)`;
     log(`\n== profile: ${what}`);
     await profiled(database, what, report, async (server) => {
-      for (const request of [{}, { afterSequence: BigInt(seeded.lastSequence - cfg.replayEvents) }]) {
-        const group = new StreamGroup(grpcTransports(server.url, 1));
-        group.receipts.measuring = false;
-        const s = group.open(request);
-        const want = request.afterSequence === undefined ? () => group.receipts.live === 1 : () => s.received >= cfg.replayEvents;
-        await waitFor(() => want() || group.receipts.errors.length > 0, 120_000, 1);
-        await group.close();
-      }
+      await timedStream(readers, server, {}, () => ({ live: 1 }), "snapshot");
+      await timedStream(readers, server, { afterSequence: BigInt(seeded.lastSequence - cfg.replayEvents) }, (n) => ({ received: n }), "replay");
     });
   }
 }
 
-/** The raw transport's ceiling, both ways, with the fan-out streams. */
-async function rawPhase(report: Report): Promise<void> {
+/** The raw transport's ceiling, both ways, with the fan-out streams of one client. */
+async function rawPhase(readers: Readers, figures: ClientFigures): Promise<void> {
   for (const mode of ["h2", "connect"] as const) {
-    log(`\n== raw ceiling (${mode}): ${fmt(cfg.unfiltered + cfg.agents)} streams over ${cfg.connections} connections, ${cfg.rawSeconds} s`);
+    log(`\n== raw ceiling (${mode}), ${CLIENT_LABEL[readers.kind]} client: ${fmt(cfg.unfiltered + cfg.agents)} streams over ${cfg.connections} connections, ${cfg.rawSeconds} s`);
     // The raw server streams as soon as a stream opens: wait for quiet before.
-    await quiet(`raw ${mode}`);
+    await quiet(`raw ${mode} (${readers.kind})`);
     await withCleanup(await startRaw(mode), async (raw) => {
-      const group = await openFanout(raw.url);
-      const m = await measureWindow(group, raw.pid, cfg.rawSeconds, async () => undefined, () => true);
+      const group = await openFanout(readers, raw.url);
+      const m = await measureWindow(readers, group, raw.pid, cfg.rawSeconds, async () => undefined, async () => {});
       await group.close();
-      report.raw.push({ mode, deliveriesPerSec: m.deliveriesPerSec, p50: m.p50, p99: m.p99, usage: m.usage });
+      figures.raw.push({ mode, deliveriesPerSec: m.deliveriesPerSec, p50: m.p50, p99: m.p99, usage: m.usage, orderErrors: m.orderErrors });
       log(
         `  ${fmt(m.deliveriesPerSec)} deliveries/s; p50 ${m.p50} ms, p99 ${m.p99} ms; server ${m.usage.serverCores.toFixed(2)} cores, ` +
           `clients ${m.usage.clientCores.toFixed(2)} cores, machine ${m.usage.machineCores.toFixed(2)} cores; RSS ${mib(m.usage.rssMaxBytes)}`,
@@ -341,14 +369,19 @@ async function rawPhase(report: Report): Promise<void> {
   }
 }
 
-/** Writes alone, then the rate ladder with the fan-out streams open, flat out, and half the best rate; then the profile. */
-async function fanoutPhase(database: string, report: Report, producer: Producer): Promise<void> {
+/**
+ * On a fresh server: writes alone (first client only), then the rate ladder
+ * with one client's fan-out streams open, flat out, and half the best rate;
+ * then the profile.
+ */
+async function fanoutPhase(database: string, readers: Readers, report: Report, figures: ClientFigures, producer: Producer): Promise<void> {
+  const who = CLIENT_LABEL[readers.kind];
   await withCleanup(await startTaskstream(database), async (server) => {
     await sleep(500);
-    report.rss.push({ phase: "fan-out server started", bytes: rssBytes(server.pid) });
+    report.rss.push({ phase: `fan-out server started (${who} client)`, bytes: rssBytes(server.pid) });
 
-    log(`\n== writes alone: producer flat out (${cfg.concurrency} DispatchTask calls in flight), no streams open, ${cfg.stepSeconds} s`);
-    {
+    if (!report.writesAlone) {
+      log(`\n== writes alone: producer flat out (${cfg.concurrency} DispatchTask calls in flight), no streams open, ${cfg.stepSeconds} s`);
       await quiet("writes alone");
       const sampler = new PhaseSampler(server.pid).start();
       const p = await producer.run({ url: server.url, rate: 0, seconds: cfg.stepSeconds });
@@ -361,18 +394,21 @@ async function fanoutPhase(database: string, report: Report, producer: Producer)
       if (p.errors) log(`  ${p.errors} errors, first: ${p.firstError}`);
     }
 
-    log(`\n== fan-out: ${cfg.unfiltered} unfiltered + ${cfg.agents} agent-filtered streams over ${cfg.connections} connections`);
-    const group = await openFanout(server.url);
+    log(`\n== fan-out, ${who} client: ${cfg.unfiltered} unfiltered + ${cfg.agents} agent-filtered streams over ${cfg.connections} connections`);
+    const group = await openFanout(readers, server.url);
     await withCleanup({ stop: () => group.close() }, async () => {
       await sleep(1000);
-      report.rss.push({ phase: `${fmt(cfg.unfiltered + cfg.agents)} fan-out streams open, no writes`, bytes: rssBytes(server.pid) });
-      const unfilteredStreams = group.streams.slice(0, cfg.unfiltered);
-      const caughtUp = (p?: ProduceResult) => !p || unfilteredStreams.every((s) => s.lastSequence >= p.lastSequence);
+      report.rss.push({ phase: `${fmt(cfg.unfiltered + cfg.agents)} fan-out streams open, no writes (${who} client)`, bytes: rssBytes(server.pid) });
+      // Drained: every unfiltered stream reached the producer's last event.
+      const caughtUp = async (p?: ProduceResult) => {
+        if (p) await group.waitUntil({ from: 0, to: cfg.unfiltered, lastSequence: p.lastSequence }, 30_000);
+      };
       const perEvent = cfg.unfiltered + 1;
+      const steps = figures.steps;
 
       const step = async (rate: number, seconds: number, label?: string): Promise<StepResult> => {
-        await quiet(`the step ${label ?? `${fmt(rate)}/s`}`);
-        const m = await measureWindow(group, server.pid, seconds, () => producer.run({ url: server.url, rate, seconds }), caughtUp);
+        await quiet(`the step ${label ?? `${fmt(rate)}/s`} (${readers.kind})`);
+        const m = await measureWindow(readers, group, server.pid, seconds, () => producer.run({ url: server.url, rate, seconds }), caughtUp);
         const p = m.produced!;
         const dispatchPerSec = p.dispatched / p.seconds;
         const expected = 2 * dispatchPerSec * perEvent;
@@ -391,6 +427,7 @@ async function fanoutPhase(database: string, report: Report, producer: Producer)
           usage: m.usage,
           producerCores: p.cpuCores,
           errors: p.errors,
+          orderErrors: m.orderErrors,
           sustained:
             (rate === 0 || dispatchPerSec >= 0.9 * rate) && m.deliveriesPerSec >= 0.9 * expected && m.p99 < 1000 && p.errors === 0,
         };
@@ -408,35 +445,35 @@ async function fanoutPhase(database: string, report: Report, producer: Producer)
       let rate = cfg.startRate;
       for (let i = 0, down = 0; i < cfg.maxSteps; i++) {
         const result = await step(Math.round(rate), cfg.stepSeconds);
-        report.steps.push(result);
-        const anySustained = report.steps.some((s) => s.sustained);
+        steps.push(result);
+        const anySustained = steps.some((s) => s.sustained);
         if (result.sustained) rate *= cfg.rateFactor;
         else if (!anySustained && down++ < 3 && rate / cfg.rateFactor >= 5) rate /= cfg.rateFactor;
         else break;
         if (result.sustained && down > 0) break;
       }
-      report.steps.push(await step(0, cfg.stepSeconds, "flat out"));
+      steps.push(await step(0, cfg.stepSeconds, "flat out"));
       // The best sustained step; flat out counts too (at the rate it reached) when the streams kept up with it.
-      report.max = report.steps.filter((s) => s.sustained).sort((a, b) => b.deliveriesPerSec - a.deliveriesPerSec)[0];
-      if (report.max) {
-        const halfRate = Math.max(1, Math.round((report.max.targetDispatchPerSec || report.max.dispatchPerSec) / 2));
-        log(`\n== half the maximum rate: ${fmt(halfRate)} dispatches/s for ${cfg.halfSeconds} s`);
-        report.half = await step(halfRate, cfg.halfSeconds, `half: ${fmt(halfRate)}/s`);
+      figures.max = steps.filter((s) => s.sustained).sort((a, b) => b.deliveriesPerSec - a.deliveriesPerSec)[0];
+      if (figures.max) {
+        const halfRate = Math.max(1, Math.round((figures.max.targetDispatchPerSec || figures.max.dispatchPerSec) / 2));
+        log(`\n== half the maximum rate, ${who} client: ${fmt(halfRate)} dispatches/s for ${cfg.halfSeconds} s`);
+        figures.half = await step(halfRate, cfg.halfSeconds, `half: ${fmt(halfRate)}/s`);
       }
-      report.rss.push({ phase: "fan-out (max over all steps)", bytes: Math.max(...report.steps.map((s) => s.usage.rssMaxBytes)) });
+      report.rss.push({ phase: `fan-out, ${who} client (max over all steps)`, bytes: Math.max(...steps.map((s) => s.usage.rssMaxBytes)) });
     });
   });
 
   // The profiler slows the server, so it gets a run of its own at the best sustained rate.
   if (values.profile) {
-    const rate = Math.round(report.max ? report.max.targetDispatchPerSec || report.max.dispatchPerSec : cfg.startRate);
-    const what = `fan-out at ${fmt(rate)} dispatches/s for ${cfg.stepSeconds * 2} s`;
+    const rate = Math.round(figures.max ? figures.max.targetDispatchPerSec || figures.max.dispatchPerSec : cfg.startRate);
+    const what = `fan-out at ${fmt(rate)} dispatches/s for ${cfg.stepSeconds * 2} s (${who} client)`;
     log(`\n== profile: ${what}`);
     await profiled(database, what, report, async (server) => {
-      const group = await openFanout(server.url);
+      const group = await openFanout(readers, server.url);
       const p = await producer.run({ url: server.url, rate, seconds: cfg.stepSeconds * 2 });
       await sleep(500);
-      log(`  ${fmt((2 * p.dispatched) / p.seconds)} events/s, ${fmt(group.receipts.deliveries)} deliveries`);
+      log(`  ${fmt((2 * p.dispatched) / p.seconds)} events/s, ${fmt((await group.stats()).deliveries)} deliveries`);
       await group.close();
     });
   }
@@ -462,30 +499,34 @@ async function profiled(database: string, what: string, report: Report, work: (s
 }
 
 /** Idle streams on a fresh server: its RSS before and with them open. */
-async function idlePhase(database: string, report: Report): Promise<void> {
+async function idlePhase(database: string, readers: Readers, report: Report): Promise<void> {
   const connections = Math.ceil(cfg.idleStreams / cfg.streamsPerConnection);
-  log(`\n== idle: ${fmt(cfg.idleStreams)} streams (skip_snapshot, 300 s heartbeat) over ${connections} connections`);
+  log(`\n== idle, ${CLIENT_LABEL[readers.kind]} client: ${fmt(cfg.idleStreams)} streams (skip_snapshot, 300 s heartbeat) over ${connections} connections`);
   await withCleanup(await startTaskstream(database), async (server) => {
     await sleep(1000);
     await quiet("idle streams");
     const before = rssBytes(server.pid);
     const sampler = new PhaseSampler(server.pid).start();
-    const group = new StreamGroup(grpcTransports(server.url, connections));
+    const group = readers.group(server.url, connections);
     await withCleanup({ stop: () => group.close() }, async () => {
       const t0 = performance.now();
+      const requests: Request[] = [];
       for (let i = 0; i < cfg.idleStreams; i++) {
-        group.open({ filter: { agentId: `idle-${i}` }, skipSnapshot: true, heartbeatInterval: { seconds: 300n } });
+        requests.push({ filter: { agentId: `idle-${i}` }, skipSnapshot: true, heartbeatInterval: { seconds: 300n } });
       }
-      const ok = await waitFor(() => group.receipts.live === cfg.idleStreams || group.receipts.errors.length > 0, 180_000);
+      await group.open(requests);
+      const ok = await group.waitUntil({ live: cfg.idleStreams }, 180_000);
       const openMs = performance.now() - t0;
-      if (!ok || group.receipts.errors.length) {
-        throw new Error(`idle: ${group.receipts.live} of ${cfg.idleStreams} live; ${group.receipts.errors.slice(0, 3).join("; ")}`);
+      if (!ok) {
+        const s = await group.stats();
+        throw new Error(`idle: ${s.live} of ${cfg.idleStreams} live; ${s.errors.slice(0, 3).join("; ")}`);
       }
       await sleep(3000);
       const usage = sampler.stop();
       const metrics = await fetch(`${server.url}/metrics`).then((r) => r.text(), () => "");
       const active = Number(metrics.match(/^taskstream_streams_active (\d+)/m)?.[1] ?? NaN);
       report.idle = {
+        client: readers.kind,
         streams: cfg.idleStreams,
         connections,
         openMs,
@@ -498,6 +539,24 @@ async function idlePhase(database: string, report: Report): Promise<void> {
       report.rss.push({ phase: "idle server started", bytes: before }, { phase: `${fmt(cfg.idleStreams)} idle streams`, bytes: usage.rssMaxBytes });
     });
   });
+}
+
+/**
+ * The clients to measure with: --client, or go when the Go reader builds
+ * (node otherwise, and the report says why).
+ */
+function chooseClients(report: Report): { kinds: ClientKind[]; goPath?: string } {
+  const asked = values.client?.split(",").map((c) => c.trim()).filter(Boolean);
+  for (const c of asked ?? []) if (c !== "go" && c !== "node") throw new Error(`--client: go, node or go,node, not "${c}"`);
+  const kinds = [...new Set((asked ?? ["go"]) as ClientKind[])];
+  if (!kinds.includes("go")) return { kinds };
+  log("building the Go reader (clients/go/cmd/stream-reader)");
+  const built = buildGoReader(root, workDir);
+  if (built.path) return { kinds, goPath: built.path };
+  if (asked) throw new Error(`--client go: the Go reader did not build: ${built.error}`);
+  report.clientNote = `the Go reader did not build (${built.error}), so the Node client measured`;
+  log(`  ${report.clientNote}`);
+  return { kinds: ["node"] };
 }
 
 /** The commit measured, and whether the working tree differed from it. */
@@ -524,8 +583,8 @@ async function main(): Promise<void> {
     loadAfter: 0,
     dialect,
     cfg,
-    steps: [],
-    raw: [],
+    clients: [],
+    byClient: {},
     rss: [],
     profiles: [],
     runtimeSeconds: 0,
@@ -539,10 +598,28 @@ async function main(): Promise<void> {
       database = pg.url;
       stopPostgres = pg.stop;
     }
-    if (phases.has("snapshot")) await snapshotPhase(database, report);
-    if (phases.has("raw")) await rawPhase(report);
-    if (phases.has("fanout")) await withCleanup(new Producer(), (producer) => fanoutPhase(database, report, producer));
-    if (phases.has("idle")) await idlePhase(database, report);
+    const { kinds, goPath } = chooseClients(report);
+    report.clients = kinds;
+    const readers = new Map<ClientKind, Readers>();
+    for (const kind of kinds) {
+      const r = kind === "go" ? await goReaders(goPath!) : nodeReaders();
+      cleanups.push(() => r.stop());
+      readers.set(kind, r);
+      report.byClient[kind] = { raw: [], steps: [] };
+    }
+    log(`clients: ${kinds.map((k) => CLIENT_LABEL[k]).join(", ")}`);
+    if (phases.has("snapshot")) {
+      const seeded = await seedPhase(database, report);
+      for (const kind of kinds) await snapshotPhase(database, seeded, readers.get(kind)!, report, report.byClient[kind]!);
+    }
+    if (phases.has("raw")) for (const kind of kinds) await rawPhase(readers.get(kind)!, report.byClient[kind]!);
+    if (phases.has("fanout")) {
+      await withCleanup(new Producer(), async (producer) => {
+        for (const kind of kinds) await fanoutPhase(database, readers.get(kind)!, report, report.byClient[kind]!, producer);
+      });
+    }
+    // The idle streams measure the server's memory: the first client's are enough.
+    if (phases.has("idle")) await idlePhase(database, readers.get(kinds[0])!, report);
     report.loadAfter = loadavg()[0];
     report.quietness = quietness;
     report.runtimeSeconds = (performance.now() - runStarted) / 1000;

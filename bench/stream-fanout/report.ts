@@ -1,5 +1,6 @@
 /** The figures of a stream-fanout run: printed as markdown, and written to bench/README.md. */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { CLIENT_LABEL, type ClientKind } from "./clients.js";
 import type { PhaseUsage } from "./procs.js";
 import { profileText, type ProfileSummary } from "./profile.js";
 
@@ -21,6 +22,8 @@ export interface StepResult {
   usage: PhaseUsage;
   producerCores: number;
   errors: number;
+  /** Events the streams received out of sequence order (should be 0). */
+  orderErrors: number;
   sustained: boolean;
 }
 
@@ -30,6 +33,26 @@ export interface RawResult {
   p50: number;
   p99: number;
   usage: PhaseUsage;
+  orderErrors: number;
+}
+
+/** One client's CPU for one snapshot or replay run (cores while it ran). */
+export interface TimedRun {
+  ms: number;
+  events: number;
+  serverCores: number;
+  clientCores: number;
+  orderErrors: number;
+}
+
+/** What one stream client measured. */
+export interface ClientFigures {
+  snapshot?: TimedRun[];
+  replay?: TimedRun[];
+  raw: RawResult[];
+  steps: StepResult[];
+  max?: StepResult;
+  half?: StepResult;
 }
 
 export interface Report {
@@ -43,15 +66,22 @@ export interface Report {
   dialect: string;
   cfg: Record<string, number>;
   seedSeconds?: number;
-  /** Each run, with the CPU the server and the client used during it (cores). */
-  snapshot?: { ms: number; events: number; serverCores: number; clientCores: number }[];
-  replay?: { ms: number; events: number; serverCores: number; clientCores: number }[];
-  raw: RawResult[];
+  /** The stream clients measured with, in the order they ran. */
+  clients: ClientKind[];
+  /** Why the run used another client than the default, if it did. */
+  clientNote?: string;
+  byClient: Partial<Record<ClientKind, ClientFigures>>;
   writesAlone?: { dispatchPerSec: number; rpcP50: number; rpcP99: number; usage: PhaseUsage; producerCores: number };
-  steps: StepResult[];
-  max?: StepResult;
-  half?: StepResult;
-  idle?: { streams: number; connections: number; openMs: number; rssBefore: number; rssAfter: number; rssMax: number; activeGauge: number };
+  idle?: {
+    client: ClientKind;
+    streams: number;
+    connections: number;
+    openMs: number;
+    rssBefore: number;
+    rssAfter: number;
+    rssMax: number;
+    activeGauge: number;
+  };
   rss: { phase: string; bytes: number }[];
   /** Server CPU profiles, each of a run of its own. */
   profiles: { what: string; summary: ProfileSummary }[];
@@ -70,72 +100,106 @@ const others = (u: PhaseUsage, producer: number) => Math.max(0, u.machineCores -
 const perDelivery = (busyCores: number, perSec: number) => (perSec > 0 ? ((busyCores / perSec) * 1e6).toFixed(1) : "–");
 const mark = (ok: boolean) => (ok ? "✓" : "✗");
 
+type Cell = [measured: string, mark: string];
+
+/** The goals, one pair of columns per client. */
 export function goalsTable(r: Report): string {
   const c = r.cfg;
-  const h2 = r.raw.find((x) => x.mode === "h2");
-  const viaConnect = r.raw.find((x) => x.mode === "connect");
-  const max = r.max;
-  const peak = r.steps.length ? r.steps.reduce((a, b) => (b.deliveriesPerSec > a.deliveriesPerSec ? b : a)) : undefined;
-  // Without a sustained step, the comparison uses the best rate any step reached.
-  const best = max ?? peak;
-  const ratio = best && h2 ? best.deliveriesPerSec / h2.deliveriesPerSec : NaN;
-  type Run = { ms: number; serverCores: number; clientCores: number };
-  const timed = (runs: Run[] | undefined, goalMs: number) => {
+  const timed = (runs: TimedRun[] | undefined, goalMs: number): Cell => {
     if (!runs?.length) return ["not run", ""];
     const ms = runs.map((x) => x.ms);
-    const cpu = (pick: (x: Run) => number) => median(runs.map((x) => (pick(x) * x.ms) / 1000)).toFixed(2);
+    const cpu = (pick: (x: TimedRun) => number) => median(runs.map((x) => (pick(x) * x.ms) / 1000)).toFixed(2);
     return [
       `**${(median(ms) / 1000).toFixed(2)} s** (${ms.map((x) => (x / 1000).toFixed(2)).join(", ")}); ` +
         `CPU per run: server ${cpu((x) => x.serverCores)} s, client ${cpu((x) => x.clientCores)} s`,
       mark(median(ms) < goalMs),
     ];
   };
-  const fanoutRan = r.steps.length > 0;
-  const idle = r.idle;
-  const rows: string[][] = [
-    [
-      `deliveries/s, ${n(c.unfiltered)} unfiltered + ${n(c.agents)} agent-filtered streams, at the highest sustained rate`,
-      "≥ 100,000",
-      !fanoutRan
-        ? "not run"
-        : max
-          ? `**${n(max.deliveriesPerSec)}** (${n(max.eventsPerSec)} events/s written; producer ${max.targetDispatchPerSec ? `at ${max.label}` : "flat out"})`
-          : `none sustained; best step reached ${n(peak!.deliveriesPerSec)} (${n(peak!.eventsPerSec)} events/s written, p99 ${peak!.p99} ms)`,
-      fanoutRan ? mark(!!max && max.deliveriesPerSec >= 100_000) : "",
-    ],
-    ["raw transport ceiling, same clients (trivial node:http2 server)", "–", h2 ? n(h2.deliveriesPerSec) : "not run", ""],
-    ["raw ceiling through connect-node's handler (event encoded once, as the server does)", "–", viaConnect ? n(viaConnect.deliveriesPerSec) : "not run", ""],
-    [
-      `taskstream ÷ raw ceiling${max ? "" : " (best unsustained step)"}`,
-      "≥ 50%",
-      Number.isFinite(ratio) ? `**${(ratio * 100).toFixed(0)}%**` : "–", Number.isFinite(ratio) ? mark(ratio >= 0.5) : ""],
-    [
-      `commit-to-receipt latency at half the max rate${r.half ? ` (${n(r.half.eventsPerSec)} events/s, ${n(r.half.deliveriesPerSec)} deliveries/s)` : ""}, p50 / p99`,
-      "p99 < 50 ms",
-      r.half ? `${r.half.p50} ms / **${r.half.p99} ms**` : fanoutRan ? "no max rate" : "not run",
-      fanoutRan ? mark(!!r.half && r.half.p99 < 50) : "",
-    ],
-    idle
-      ? [
-          `server RSS with ${n(idle.streams)} idle streams (${n(idle.connections)} connections)`,
-          "< 1 GiB",
+  const rows: { figure: string; goal: string; cell: (f: ClientFigures, kind: ClientKind) => Cell }[] = [
+    {
+      figure: `deliveries/s, ${n(c.unfiltered)} unfiltered + ${n(c.agents)} agent-filtered streams, at the highest sustained rate`,
+      goal: "≥ 100,000",
+      cell: (f) => {
+        if (!f.steps.length) return ["not run", ""];
+        const peak = f.steps.reduce((a, b) => (b.deliveriesPerSec > a.deliveriesPerSec ? b : a));
+        return f.max
+          ? [
+              `**${n(f.max.deliveriesPerSec)}** (${n(f.max.eventsPerSec)} events/s written; producer ${f.max.targetDispatchPerSec ? `at ${f.max.label}` : "flat out"})`,
+              mark(f.max.deliveriesPerSec >= 100_000),
+            ]
+          : [`none sustained; best step reached ${n(peak.deliveriesPerSec)} (${n(peak.eventsPerSec)} events/s written, p99 ${peak.p99} ms)`, mark(false)];
+      },
+    },
+    {
+      figure: "raw transport ceiling, same client (trivial node:http2 server)",
+      goal: "–",
+      cell: (f) => [f.raw.find((x) => x.mode === "h2") ? n(f.raw.find((x) => x.mode === "h2")!.deliveriesPerSec) : "not run", ""],
+    },
+    {
+      figure: "raw ceiling through connect-node's handler (event encoded once, as the server does)",
+      goal: "–",
+      cell: (f) => [f.raw.find((x) => x.mode === "connect") ? n(f.raw.find((x) => x.mode === "connect")!.deliveriesPerSec) : "not run", ""],
+    },
+    {
+      figure: "taskstream ÷ raw ceiling (the best unsustained step when none was sustained)",
+      goal: "≥ 50%",
+      cell: (f) => {
+        const h2 = f.raw.find((x) => x.mode === "h2");
+        const best = f.max ?? (f.steps.length ? f.steps.reduce((a, b) => (b.deliveriesPerSec > a.deliveriesPerSec ? b : a)) : undefined);
+        const ratio = best && h2 ? best.deliveriesPerSec / h2.deliveriesPerSec : NaN;
+        return Number.isFinite(ratio) ? [`**${(ratio * 100).toFixed(0)}%**`, mark(ratio >= 0.5)] : ["–", ""];
+      },
+    },
+    {
+      figure: "commit-to-receipt latency at half the max rate, p50 / p99",
+      goal: "p99 < 50 ms",
+      cell: (f) =>
+        f.half
+          ? [`${f.half.p50} ms / **${f.half.p99} ms** (${n(f.half.eventsPerSec)} events/s, ${n(f.half.deliveriesPerSec)} deliveries/s)`, mark(f.half.p99 < 50)]
+          : f.steps.length
+            ? ["no max rate", mark(false)]
+            : ["not run", ""],
+    },
+    {
+      figure: `server RSS with ${n(r.idle?.streams ?? c.idleStreams)} idle streams${r.idle ? ` (${n(r.idle.connections)} connections)` : ""}`,
+      goal: "< 1 GiB",
+      cell: (_f, kind) => {
+        const idle = r.idle;
+        if (!idle) return ["not run", ""];
+        if (idle.client !== kind) return [`(${CLIENT_LABEL[idle.client]} client's run)`, ""];
+        return [
           `**${mib(idle.rssMax)}** (${mib(idle.rssBefore)} before; ${((idle.rssMax - idle.rssBefore) / idle.streams / 1024).toFixed(1)} KiB per stream)`,
           mark(idle.rssMax < 2 ** 30),
-        ]
-      : [`server RSS with ${n(c.idleStreams)} idle streams`, "< 1 GiB", "not run", ""],
-    [
-      `snapshot of ${n(r.snapshot?.[0]?.events ?? c.snapshotTasks)} running tasks, call to snapshot_complete (median of ${r.snapshot?.length ?? 0})`,
-      "< 2 s",
-      ...timed(r.snapshot, 2000),
-    ],
-    [`resume replay of ${n(r.replay?.[0]?.events ?? c.replayEvents)} events (median of ${r.replay?.length ?? 0})`, "< 1 s", ...timed(r.replay, 1000)],
-    ["server RSS during fan-out (max)", "–", fanoutRan ? mib(Math.max(...r.steps.map((s) => s.usage.rssMaxBytes))) : "not run", ""],
+        ];
+      },
+    },
+    {
+      figure: `snapshot of ${n(Object.values(r.byClient).find((f) => f?.snapshot?.length)?.snapshot?.[0]?.events ?? c.snapshotTasks)} running tasks, call to snapshot_complete (median of ${c.repeats})`,
+      goal: "< 2 s",
+      cell: (f) => timed(f.snapshot, 2000),
+    },
+    {
+      figure: `resume replay of ${n(c.replayEvents)} events (median of ${c.repeats})`,
+      goal: "< 1 s",
+      cell: (f) => timed(f.replay, 1000),
+    },
+    {
+      figure: "server RSS during fan-out (max)",
+      goal: "–",
+      cell: (f) => [f.steps.length ? mib(Math.max(...f.steps.map((s) => s.usage.rssMaxBytes))) : "not run", ""],
+    },
   ];
-  return ["| figure | goal | measured | |", "| --- | --- | --- | --- |", ...rows.map((row) => `| ${row.join(" | ")} |`)].join("\n");
+  const head = `| figure | goal | ${r.clients.map((k) => `${CLIENT_LABEL[k]} client | | `).join("")}`;
+  const rule = `| --- | --- | ${r.clients.map(() => "--- | --- | ").join("")}`;
+  return [
+    head.trimEnd(),
+    rule.trimEnd(),
+    ...rows.map((row) => `| ${row.figure} | ${row.goal} | ${r.clients.map((k) => `${row.cell(r.byClient[k]!, k).join(" | ")} | `).join("")}`.trimEnd()),
+  ].join("\n");
 }
 
-export function stepsTable(r: Report): string {
-  const rows = [...r.steps, ...(r.half ? [r.half] : [])];
+export function stepsTable(f: ClientFigures): string {
+  const rows = [...f.steps, ...(f.half ? [f.half] : [])];
   return [
     "| producer target | events/s written | deliveries/s | expected | p50 ms | p99 ms | max ms | drain ms | server cores | server CPU µs per delivery | client cores | producer cores | other processes, cores | server RSS | sustained |",
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -150,11 +214,11 @@ export function stepsTable(r: Report): string {
 
 export function rawTable(r: Report): string {
   return [
-    "| raw server | deliveries/s | p50 ms | p99 ms | server cores | client cores | client CPU µs per delivery | other processes, cores | server RSS |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ...r.raw.map(
-      (x) =>
-        `| ${x.mode === "h2" ? "node:http2, bytes written directly" : "connect-node handler"} | ${n(x.deliveriesPerSec)} | ${x.p50} | ${x.p99} | ` +
+    "| client | raw server | deliveries/s | p50 ms | p99 ms | server cores | client cores | client CPU µs per delivery | other processes, cores | server RSS |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ...r.clients.flatMap((k) => r.byClient[k]!.raw.map((x) => ({ k, x }))).map(
+      ({ k, x }) =>
+        `| ${CLIENT_LABEL[k]} | ${x.mode === "h2" ? "node:http2, bytes written directly" : "connect-node handler"} | ${n(x.deliveriesPerSec)} | ${x.p50} | ${x.p99} | ` +
         `${cores(x.usage.serverCores)} | ${cores(x.usage.clientCores)} | ${perDelivery(x.usage.clientCores, x.deliveriesPerSec)} | ${cores(others(x.usage, 0))} | ${mib(x.usage.rssMaxBytes)} |`,
     ),
   ].join("\n");
@@ -169,7 +233,8 @@ export function runBlock(r: Report): string {
   const w = r.writesAlone;
   const parts = [
     `Run of ${r.date} at ${r.revision} on ${r.machine}, ${r.dialect === "sqlite" ? "SQLite" : "PostgreSQL"}, in ${(r.runtimeSeconds / 60).toFixed(1)} min: ` +
-      `\`${r.command}\`. Load average ${r.loadBefore.toFixed(2)} before the run, ${r.loadAfter.toFixed(2)} after.` +
+      `\`${r.command}\`. Load average ${r.loadBefore.toFixed(2)} before the run, ${r.loadAfter.toFixed(2)} after. ` +
+      `Stream clients: ${r.clients.map((k) => CLIENT_LABEL[k]).join(", then ")}${r.clientNote ? ` (${r.clientNote})` : ""}.` +
       (r.quietness && r.quietness.waits > 0
         ? ` Before each of ${r.quietness.waits} measurements the bench waited for a second with the machine idle ` +
           `(${(r.quietness.waitedMs / 1000).toFixed(0)} s of waiting in all)` +
@@ -186,20 +251,38 @@ export function runBlock(r: Report): string {
         `server ${cores(w.usage.serverCores)} cores, producer ${cores(w.producerCores)} cores, other processes ${cores(others(w.usage, w.producerCores))} cores.`,
     );
   }
-  if (r.steps.length) {
-    parts.push("", "Producer steps with the fan-out streams open (each step runs its rate, then waits for the streams to drain):", "", stepsTable(r));
+  for (const k of r.clients) {
+    const f = r.byClient[k]!;
+    if (!f.steps.length) continue;
+    parts.push(
+      "",
+      `Producer steps with the fan-out streams of the ${CLIENT_LABEL[k]} client open (each step runs its rate, then waits for the streams to drain):`,
+      "",
+      stepsTable(f),
+    );
   }
-  if (r.raw.length) parts.push("", "Raw transport, same clients, same streams:", "", rawTable(r));
+  if (r.clients.some((k) => r.byClient[k]!.raw.length)) parts.push("", "Raw transport, the same streams of each client:", "", rawTable(r));
   parts.push("", "Server memory by phase (VmRSS):", "", rssTable(r));
   const notes: string[] = [];
   const cpu = (runs: { serverCores: number; clientCores: number }[]) =>
     `server ${runs.map((x) => cores(x.serverCores)).join(", ")} cores, client ${runs.map((x) => cores(x.clientCores)).join(", ")} cores`;
-  if (r.snapshot?.length) notes.push(`While the snapshot was sent: ${cpu(r.snapshot)}.`);
-  if (r.replay?.length) notes.push(`While the replay was sent: ${cpu(r.replay)}.`);
+  for (const k of r.clients) {
+    const f = r.byClient[k]!;
+    if (f.snapshot?.length) notes.push(`While the snapshot was sent to the ${CLIENT_LABEL[k]} client: ${cpu(f.snapshot)}.`);
+    if (f.replay?.length) notes.push(`While the replay was sent to the ${CLIENT_LABEL[k]} client: ${cpu(f.replay)}.`);
+  }
+  const outOfOrder = r.clients.flatMap((k) => {
+    const f = r.byClient[k]!;
+    return [...(f.snapshot ?? []), ...(f.replay ?? []), ...f.raw, ...f.steps, ...(f.half ? [f.half] : [])].map((x) => x.orderErrors);
+  });
+  if (outOfOrder.length) {
+    const total = outOfOrder.reduce((a, b) => a + b, 0);
+    notes.push(total === 0 ? "Every stream received its events in sequence order." : `**${n(total)} events arrived out of sequence order.**`);
+  }
   if (r.seedSeconds !== undefined) notes.push(`Seeding ${n(r.cfg.snapshotTasks)} running tasks (${n(2 * r.cfg.snapshotTasks)} events) took ${r.seedSeconds.toFixed(1)} s.`);
   if (r.idle) {
     notes.push(
-      `${n(r.idle.streams)} idle streams opened in ${(r.idle.openMs / 1000).toFixed(1)} s; the server's taskstream_streams_active gauge read ${n(r.idle.activeGauge)}.`,
+      `${n(r.idle.streams)} idle streams (${CLIENT_LABEL[r.idle.client]} client) opened in ${(r.idle.openMs / 1000).toFixed(1)} s; the server's taskstream_streams_active gauge read ${n(r.idle.activeGauge)}.`,
     );
   }
   if (notes.length) parts.push("", notes.join(" "));
@@ -222,6 +305,7 @@ Figures, not pass/fail.
 npm run bench:stream-fanout                     # full sizes, SQLite, ~6 min
 npm run bench:stream-fanout -- --profile        # and a CPU profile of the server at the max rate
 npm run bench:stream-fanout -- --quick          # small sizes, ~1 min
+npm run bench:stream-fanout -- --client go,node # both stream clients, side by side (twice the time)
 \`\`\`
 
 How it runs:
@@ -229,18 +313,35 @@ How it runs:
 - **Processes.** The server is \`node bin/taskstream.js serve --port 0\` on a temp
   SQLite file (\`--dialect postgres\`: an embedded PostgreSQL), a child process;
   its RSS is read from \`/proc/<pid>/status\` (VmRSS) every 200 ms and its CPU from
-  \`/proc/<pid>/stat\`. Every stream client runs in the bench's own process;
-  the producer is a third process. *cores* columns are CPU seconds per second:
-  1.00 is one core busy; *other processes* is what the rest of the 2-core machine
-  used meanwhile (anything else running, which skews every figure: check it).
-- **Clients.** connect-node \`createGrpcTransport\` (gRPC over HTTP/2) with the
-  generated client, which decodes every message. connect-node opens one HTTP/2
-  connection per transport and puts all that transport's calls on it as
-  streams; Node's client assumes the peer allows 100 concurrent streams until
-  the server's SETTINGS arrive, and Node's server advertises 2^32-1. The bench
-  keeps at most 100 streams per connection so no stream waits either way:
-  the 1,100 fan-out streams go round-robin over 16 transports (~69 per
-  connection), the 10,000 idle streams over 100.
+  \`/proc/<pid>/stat\`. The stream clients run in the Go reader's process (or,
+  with \`--client node\`, in the bench's own); the producer is another process.
+  *cores* columns are CPU seconds per second: 1.00 is one core busy; *client
+  cores* count the bench's process and the Go reader's; *other processes* is
+  what the rest of the 2-core machine used meanwhile (anything else running,
+  which skews every figure: check it).
+- **Clients.** \`--client go\` (the default, when \`go build\` succeeds; else the
+  run falls back to node and says so), \`--client node\`, or \`--client go,node\`:
+  the snapshot, replay, raw ceilings and fan-out run once per client, and the
+  tables show them side by side (the idle streams, a server-memory figure, run
+  with the first). *Go*: \`clients/go/cmd/stream-reader\`, built at the start of
+  the run, on the Go client (\`clients/go\`: connect-go's gRPC client on
+  net/http's HTTP/2 transport), decodes every message into the generated Go
+  types; the bench sends it commands (open these streams, counts, latency
+  quantiles, wait until...) as JSON lines and reads the answers. *Node*:
+  connect-node \`createGrpcTransport\` with the generated client, in the bench's
+  process, which decodes every message with protobuf-es (about 19 µs of CPU
+  each: before the Go reader, the Node client bounded the raw ceiling). Both
+  count the same things: deliveries, each stream's last sequence, latency in
+  whole milliseconds, and sequence order (after \`snapshot_complete\`, each
+  event's sequence must exceed the stream's previous event's and heartbeat's;
+  the run says whether any did not). Each group of streams has its own HTTP/2
+  connections, the streams going round-robin over them: one per
+  connect-node transport, one per Go \`http.Transport\`. Node's client assumes
+  the peer allows 100 concurrent streams until the server's SETTINGS arrive,
+  Go's opens another connection past the peer's limit, and Node's server
+  advertises 2^32-1. The bench keeps at most 100 streams per connection so no
+  stream waits and no connection is added: the 1,100 fan-out streams go over
+  16 connections (~69 each), the 10,000 idle streams over 100.
 - **Fan-out.** 100 streams with no filter and 1,000 each filtered to its own
   agent (\`agent-0\`…\`agent-999\`), all \`skip_snapshot\` (the database holds the
   100,000 seeded running tasks). The producer calls \`DispatchTask\` with
@@ -254,7 +355,7 @@ How it runs:
   the rate it reached, when the streams kept up), then one at half the best
   sustained rate gives the latency figures. If the first step is not
   sustained, the ladder steps down instead (at most 3 times).
-- **Latency** is commit to receipt: the client's \`Date.now()\` at receipt minus
+- **Latency** is commit to receipt: the client's clock at receipt minus
   the event's \`event_time\`, which the server stamps in the writing transaction
   (its clock reading when the transaction starts, so the figure includes the
   write itself), same machine, millisecond precision.

@@ -1,0 +1,433 @@
+// Command stream-reader opens many StreamTasks streams through the Go client
+// and keeps count of what they receive: bench/stream-fanout's Go reader.
+//
+// It takes commands as JSON lines on stdin and answers each with one JSON
+// line on stdout carrying the command's id (answers to waits may come out of
+// order). It starts by printing {"msg":"reader ready"}.
+//
+//	{"id":1,"cmd":"open","group":"g","url":"http://127.0.0.1:7420","connections":16,"measuring":true,"requests":[<StreamTasksRequest as JSON>,...]}
+//	    opens one stream per request, round-robin over `connections` HTTP/2
+//	    connections of the group's own; answers once all calls are started.
+//	    measuring (default true): whether to record latencies.
+//	{"id":2,"cmd":"stats","group":"g","from":0,"to":100}
+//	    the group's counts; with from/to, also the least lastSequence and
+//	    received of streams [from, to).
+//	{"id":3,"cmd":"latency","group":"g","reset":true}
+//	    count, p50, p99, max of commit-to-receipt latency (ms) since the last
+//	    reset; with reset, starts over after answering.
+//	{"id":4,"cmd":"measuring","group":"g","on":false}   whether to record latencies
+//	{"id":5,"cmd":"wait","group":"g","live":1100,"timeoutMs":60000}
+//	{"id":6,"cmd":"wait","group":"g","from":0,"to":1,"received":10000,"lastSequence":123,"timeoutMs":60000}
+//	    answers when every condition given holds (live: that many streams got
+//	    snapshot_complete; received / lastSequence: every stream in [from, to)
+//	    has at least that), when a stream of the group failed, or at the
+//	    timeout; "ok" says which. Conditions are checked every millisecond.
+//	{"id":7,"cmd":"close","group":"g"}   cancels the group's streams, waits for them, closes its connections
+//
+// Every message is decoded into the generated Go types (connect-go's gRPC
+// client). Latency is receipt time minus the event's event_time, in whole
+// milliseconds as bench/stream-fanout's Node readers count it. Order: after
+// snapshot_complete (or from the first message, with after_sequence) every
+// event's sequence must exceed the last event's, snapshot_complete's and
+// heartbeat's; each exception counts in orderErrors.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	taskstreamv1 "taskstream.dev/clients/go/gen/taskstream/v1"
+	"taskstream.dev/clients/go/taskstream"
+)
+
+type command struct {
+	ID          int64             `json:"id"`
+	Cmd         string            `json:"cmd"`
+	Group       string            `json:"group"`
+	URL         string            `json:"url"`
+	Connections int               `json:"connections"`
+	Requests    []json.RawMessage `json:"requests"`
+	From        *int              `json:"from"`
+	To          *int              `json:"to"`
+	Reset       bool              `json:"reset"`
+	On          bool              `json:"on"`
+	Measuring   *bool             `json:"measuring"`
+	Live        *int64            `json:"live"`
+	Received    *int64            `json:"received"`
+	LastSeq     *int64            `json:"lastSequence"`
+	TimeoutMs   int64             `json:"timeoutMs"`
+}
+
+var (
+	outMu sync.Mutex
+	out   = bufio.NewWriter(os.Stdout)
+)
+
+func reply(v map[string]any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b = fmt.Appendf(nil, `{"id":%v,"ok":false,"error":%q}`, v["id"], err.Error())
+	}
+	outMu.Lock()
+	defer outMu.Unlock()
+	out.Write(b)
+	out.WriteByte('\n')
+	out.Flush()
+}
+
+func main() {
+	groups := map[string]*group{}
+	var mu sync.Mutex
+	get := func(name string) *group {
+		mu.Lock()
+		defer mu.Unlock()
+		return groups[name]
+	}
+	reply(map[string]any{"msg": "reader ready", "pid": os.Getpid()})
+	in := bufio.NewReader(os.Stdin)
+	for {
+		line, err := in.ReadBytes('\n')
+		if len(line) > 0 {
+			var c command
+			if jerr := json.Unmarshal(line, &c); jerr != nil {
+				reply(map[string]any{"ok": false, "error": "bad command: " + jerr.Error()})
+				continue
+			}
+			fail := func(err error) { reply(map[string]any{"id": c.ID, "ok": false, "error": err.Error()}) }
+			g := get(c.Group)
+			if c.Cmd != "open" && c.Cmd != "exit" && g == nil {
+				fail(fmt.Errorf("no group %q", c.Group))
+				continue
+			}
+			switch c.Cmd {
+			case "open":
+				if g != nil {
+					fail(fmt.Errorf("group %q is open", c.Group))
+					continue
+				}
+				g, err := openGroup(c)
+				if err != nil {
+					fail(err)
+					continue
+				}
+				mu.Lock()
+				groups[c.Group] = g
+				mu.Unlock()
+				reply(map[string]any{"id": c.ID, "ok": true, "streams": len(g.streams)})
+			case "stats":
+				r := g.stats(c.From, c.To)
+				r["id"], r["ok"] = c.ID, true
+				reply(r)
+			case "latency":
+				r := g.latency.summary()
+				if c.Reset {
+					g.latency.reset()
+				}
+				r["id"], r["ok"] = c.ID, true
+				reply(r)
+			case "measuring":
+				g.measuring.Store(c.On)
+				reply(map[string]any{"id": c.ID, "ok": true})
+			case "wait":
+				go func(c command) {
+					ok := g.wait(c)
+					r := g.stats(c.From, c.To)
+					r["id"], r["ok"] = c.ID, ok
+					reply(r)
+				}(c)
+			case "close":
+				mu.Lock()
+				delete(groups, c.Group)
+				mu.Unlock()
+				go func(c command) {
+					g.close()
+					reply(map[string]any{"id": c.ID, "ok": true})
+				}(c)
+			case "exit":
+				reply(map[string]any{"id": c.ID, "ok": true})
+				return
+			default:
+				fail(fmt.Errorf("unknown command %q", c.Cmd))
+			}
+		}
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "stream-reader:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+// stream is one StreamTasks call's counts.
+type stream struct {
+	received     atomic.Int64
+	lastSequence atomic.Int64
+}
+
+type group struct {
+	clients []*taskstream.Client
+	streams []*stream
+	cancel  context.CancelFunc
+	done    sync.WaitGroup
+
+	deliveries  atomic.Int64
+	heartbeats  atomic.Int64
+	live        atomic.Int64
+	ended       atomic.Int64
+	orderErrors atomic.Int64
+	measuring   atomic.Bool
+	latency     histogram
+
+	errMu      sync.Mutex
+	errors     []string
+	errorCount int
+	firstOrder string
+}
+
+func openGroup(c command) (*group, error) {
+	if c.Connections < 1 {
+		c.Connections = 1
+	}
+	requests := make([]*taskstreamv1.StreamTasksRequest, len(c.Requests))
+	for i, raw := range c.Requests {
+		requests[i] = new(taskstreamv1.StreamTasksRequest)
+		if err := protojson.Unmarshal(raw, requests[i]); err != nil {
+			return nil, fmt.Errorf("request %d: %w", i, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &group{cancel: cancel}
+	g.measuring.Store(c.Measuring == nil || *c.Measuring)
+	for range c.Connections {
+		g.clients = append(g.clients, taskstream.NewClient(c.URL))
+	}
+	for i, req := range requests {
+		s := new(stream)
+		g.streams = append(g.streams, s)
+		g.done.Add(1)
+		go func() {
+			defer g.done.Done()
+			defer g.ended.Add(1)
+			if err := g.read(ctx, g.clients[i%len(g.clients)], req, s); err != nil && ctx.Err() == nil {
+				g.errMu.Lock()
+				g.errorCount++
+				if len(g.errors) < 5 {
+					g.errors = append(g.errors, fmt.Sprintf("stream %d: %v", i, err))
+				}
+				g.errMu.Unlock()
+			}
+		}()
+	}
+	return g, nil
+}
+
+// read consumes one stream until it ends or ctx is cancelled.
+func (g *group) read(ctx context.Context, client *taskstream.Client, req *taskstreamv1.StreamTasksRequest, s *stream) error {
+	call, err := client.Tasks.StreamTasks(ctx, connect.NewRequest(req))
+	if err != nil {
+		return err
+	}
+	defer call.Close()
+	// ordered: past the snapshot, where sequences must increase; floor: the
+	// sequence every later event must exceed.
+	ordered := req.AfterSequence != nil
+	floor := req.GetAfterSequence()
+	for call.Receive() {
+		switch m := call.Msg().Message.(type) {
+		case *taskstreamv1.StreamTasksResponse_Event:
+			e := m.Event
+			g.deliveries.Add(1)
+			s.received.Add(1)
+			seq := e.GetSequence()
+			if ordered {
+				if seq <= floor {
+					g.orderError(fmt.Sprintf("event %d after %d", seq, floor))
+				}
+				floor = seq
+			}
+			if seq > s.lastSequence.Load() {
+				s.lastSequence.Store(seq)
+			}
+			if g.measuring.Load() {
+				if t := e.GetEventTime(); t != nil {
+					now := time.Now().UnixNano()
+					g.latency.add(float64(now-(t.GetSeconds()*1e9+int64(t.GetNanos()))) / 1e6)
+				}
+			}
+		case *taskstreamv1.StreamTasksResponse_SnapshotComplete:
+			seq := m.SnapshotComplete.GetSequence()
+			ordered, floor = true, seq
+			if seq > s.lastSequence.Load() {
+				s.lastSequence.Store(seq)
+			}
+			g.live.Add(1)
+		case *taskstreamv1.StreamTasksResponse_Heartbeat:
+			g.heartbeats.Add(1)
+			if ordered {
+				seq := m.Heartbeat.GetSequence()
+				if seq < floor {
+					g.orderError(fmt.Sprintf("heartbeat %d after %d", seq, floor))
+				}
+				floor = max(floor, seq)
+			}
+		}
+	}
+	if err := call.Err(); err != nil {
+		return err
+	}
+	if ctx.Err() == nil {
+		return errors.New("the server ended the stream")
+	}
+	return nil
+}
+
+func (g *group) orderError(what string) {
+	g.orderErrors.Add(1)
+	g.errMu.Lock()
+	if g.firstOrder == "" {
+		g.firstOrder = what
+	}
+	g.errMu.Unlock()
+}
+
+func (g *group) stats(from, to *int) map[string]any {
+	g.errMu.Lock()
+	errs := append([]string{}, g.errors...)
+	errorCount, firstOrder := g.errorCount, g.firstOrder
+	g.errMu.Unlock()
+	r := map[string]any{
+		"deliveries":  g.deliveries.Load(),
+		"heartbeats":  g.heartbeats.Load(),
+		"live":        g.live.Load(),
+		"ended":       g.ended.Load(),
+		"orderErrors": g.orderErrors.Load(),
+		"firstOrder":  firstOrder,
+		"errors":      errs,
+		"errorCount":  errorCount,
+	}
+	if lo, hi, ok := g.span(from, to); ok {
+		minSeq, minReceived := int64(math.MaxInt64), int64(math.MaxInt64)
+		for _, s := range g.streams[lo:hi] {
+			minSeq = min(minSeq, s.lastSequence.Load())
+			minReceived = min(minReceived, s.received.Load())
+		}
+		r["minLastSequence"], r["minReceived"] = minSeq, minReceived
+	}
+	return r
+}
+
+func (g *group) span(from, to *int) (int, int, bool) {
+	if from == nil || to == nil {
+		return 0, 0, false
+	}
+	lo, hi := max(0, *from), min(len(g.streams), *to)
+	return lo, hi, lo < hi
+}
+
+func (g *group) wait(c command) bool {
+	deadline := time.Now().Add(time.Duration(c.TimeoutMs) * time.Millisecond)
+	lo, hi, spanned := g.span(c.From, c.To)
+	holds := func() bool {
+		if c.Live != nil && g.live.Load() < *c.Live {
+			return false
+		}
+		if spanned && (c.Received != nil || c.LastSeq != nil) {
+			for _, s := range g.streams[lo:hi] {
+				if c.Received != nil && s.received.Load() < *c.Received {
+					return false
+				}
+				if c.LastSeq != nil && s.lastSequence.Load() < *c.LastSeq {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	failed := func() bool {
+		g.errMu.Lock()
+		defer g.errMu.Unlock()
+		return g.errorCount > 0
+	}
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		if holds() {
+			return true
+		}
+		if failed() || time.Now().After(deadline) {
+			return false
+		}
+		<-tick.C
+	}
+}
+
+func (g *group) close() {
+	g.cancel()
+	g.done.Wait()
+	for _, c := range g.clients {
+		c.Close()
+	}
+}
+
+// histogram counts latencies in whole milliseconds, 0 to 120 s, like
+// bench/stream-fanout's Histogram.
+type histogram struct {
+	counts [120_001]atomic.Uint32
+	count  atomic.Int64
+	max    atomic.Int64
+}
+
+func (h *histogram) add(ms float64) {
+	i := int64(math.Floor(ms + 0.5)) // Math.round
+	i = min(max(i, 0), 120_000)
+	h.counts[i].Add(1)
+	h.count.Add(1)
+	for {
+		m := h.max.Load()
+		if i <= m || h.max.CompareAndSwap(m, i) {
+			break
+		}
+	}
+}
+
+func (h *histogram) reset() {
+	for i := range h.counts {
+		h.counts[i].Store(0)
+	}
+	h.count.Store(0)
+	h.max.Store(0)
+}
+
+func (h *histogram) quantile(q float64) any {
+	n := h.count.Load()
+	if n == 0 {
+		return nil
+	}
+	rank := int64(math.Ceil(q * float64(n)))
+	var seen int64
+	for i := range h.counts {
+		seen += int64(h.counts[i].Load())
+		if seen >= rank {
+			return i
+		}
+	}
+	return h.max.Load()
+}
+
+func (h *histogram) summary() map[string]any {
+	return map[string]any{"count": h.count.Load(), "p50": h.quantile(0.5), "p99": h.quantile(0.99), "max": h.max.Load()}
+}
