@@ -360,13 +360,16 @@ How it runs:
   (its clock reading when the transaction starts, so the figure includes the
   write itself), same machine, millisecond precision.
 - **Server path.** taskstream answers gRPC (binary) calls itself
-  (\`src/server/grpc-fast-path.ts\`), not through connect-node's handler: each
-  event's frame (its stored bytes behind the 5-byte prefix) is built once and
-  shared by every stream that sends it, and a stream's frames of one
-  event-loop turn leave in one corked write. A parked stream is woken only by
-  an event its filter matches (\`src/fanout/stream-waiters.ts\`), not at every
-  commit. The *connect-node handler* raw row below is the ceiling of the path
-  the server took before.
+  (\`src/server/grpc-fast-path.ts\`), not through connect-node's handler, and
+  \`StreamTasks\` writes its own frames there: an event's frame is its stored
+  bytes behind the 5-byte prefix and the \`event\` tag, framed straight into one
+  buffer per write (up to 64 KiB of a snapshot or replay page; a batch every
+  unfiltered stream sends is framed once for all). A stream caught up with the
+  log's tail is handed each new event its filter matches as the tail reads it
+  (\`src/fanout/stream-waiters.ts\`) and writes it at once, with no wake-up to
+  schedule; one whose client reads slower goes back to reading pages. The
+  *connect-node handler* raw row below is the ceiling of the path the server
+  took before.
 - **Raw ceiling.** \`raw-server.ts\` implements the same \`TaskService.StreamTasks\`
   with no storage: it makes events as fast as the clients take them (each event
   to every unfiltered stream and to its random agent's stream, same message
