@@ -188,7 +188,7 @@ function sectionText(info: RunInfo, blocks: Record<Dialect, string | undefined>)
     "- **n** is the number of timed calls: 1000, or fewer when a case's calls are slow (each way of calling a case " +
       "stops after 15 s once it has 200).",
     "- A first page reports `total_size`. Filtered by statuses alone, or not at all, it reads it from `task_counts`, " +
-      "which triggers keep exact per status; with any other filter it runs `COUNT(*)` over the matching tasks' index. " +
+      "which the writers keep exact per status (triggers on PostgreSQL); with any other filter it runs `COUNT(*)` over the matching tasks' index. " +
       "Later pages carry the first page's total in their token and count nothing, so their storage column is the page query alone.",
     "- Binary calls (gRPC here) get each task written straight from its row, JSON columns transcoded to " +
       "`Struct`/`Value` wire bytes, and sent verbatim by protobuf-es; the breakdown's **encode** step is that, " +
