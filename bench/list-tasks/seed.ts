@@ -107,7 +107,7 @@ async function seedAndAnalyze(request: SeedRequest, progress: (done: number) => 
       .where("id", "=", 1)
       .execute();
     // Rows went in without TaskStore, which keeps SQLite's task_counts.
-    await recountTasks(db.kysely);
+    await recountTasks(db);
     const seedMs = performance.now() - started;
 
     const analyzeStarted = performance.now();

@@ -90,7 +90,7 @@ export async function seed(request: SeedRequest, progress: (done: number) => voi
       if (done % 10_000 === 0 || done === request.tasks) progress(done);
     }
     // Rows went in without TaskStore, which keeps SQLite's task_counts.
-    await recountTasks(db.kysely);
+    await recountTasks(db);
     const seedMs = performance.now() - started;
     if (db.dialect === "sqlite") await sql`PRAGMA wal_checkpoint(TRUNCATE)`.execute(db.kysely);
     else await sql`VACUUM ANALYZE`.execute(db.kysely);

@@ -5,6 +5,7 @@ import * as execution from "./migrations/2026-11-24T0810-execution.js";
 import * as taskCounts from "./migrations/2026-11-24T1110-task-counts.js";
 import * as filterStatusIndexes from "./migrations/2026-11-24T1140-filter-status-indexes.js";
 import * as sqliteCountsByWriters from "./migrations/2026-11-24T1500-sqlite-counts-by-writers.js";
+import * as sqliteHourCounts from "./migrations/2026-11-24T1510-sqlite-hour-counts.js";
 
 /** Brings the schema up to date; safe to run at every start, by every replica. */
 export async function migrateToLatest(db: Db): Promise<void> {
@@ -24,6 +25,7 @@ function provider(db: Db): MigrationProvider {
     "2026-11-24T1110-task-counts": { up: (k) => taskCounts.up(k, db.dialect) },
     "2026-11-24T1140-filter-status-indexes": { up: (k) => filterStatusIndexes.up(k, db.dialect) },
     "2026-11-24T1500-sqlite-counts-by-writers": { up: (k) => sqliteCountsByWriters.up(k, db.dialect) },
+    "2026-11-24T1510-sqlite-hour-counts": { up: (k) => sqliteHourCounts.up(k, db.dialect) },
   };
   return { getMigrations: async () => migrations };
 }

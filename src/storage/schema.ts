@@ -9,6 +9,7 @@ export interface Database {
   events: EventRow;
   log_head: LogHeadRow;
   task_counts: TaskCountRow;
+  task_hour_counts: TaskHourCountRow;
 }
 
 export interface TaskRow {
@@ -94,10 +95,18 @@ export interface LogHeadRow {
 
 /**
  * How many tasks have each status: the sum of n over a status's rows, kept
- * exact by triggers on tasks (one row per status on SQLite; on PostgreSQL
- * rows of +n / -n, folded now and then).
+ * exact by TaskStore on SQLite (one row per status) and by triggers on
+ * PostgreSQL (rows of +n / -n, folded now and then).
  */
 export interface TaskCountRow {
   status: number;
   n: number | string;
+}
+
+/** SQLite only: how many tasks have a status and a time column's value in an hour (ms / 3,600,000). */
+export interface TaskHourCountRow {
+  time_column: "create_time" | "start_time" | "complete_time";
+  hour: number;
+  status: number;
+  n: number;
 }

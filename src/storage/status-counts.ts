@@ -1,49 +1,105 @@
-import { sql, type Kysely, type Transaction } from "kysely";
-import type { DialectName } from "./connect.js";
-import type { Database } from "./schema.js";
+import { sql, type Transaction } from "kysely";
+import type { Db, DialectName } from "./connect.js";
+import type { Database, TaskHourCountRow, TaskRow } from "./schema.js";
+
+/** What the counts read of a task. */
+export type CountedTask = Pick<TaskRow, "status" | "create_time" | "start_time" | "complete_time">;
+
+type TimeColumn = TaskHourCountRow["time_column"];
+const TIME_COLUMNS: TimeColumn[] = ["create_time", "start_time", "complete_time"];
+export const HOUR_MS = 3_600_000;
 
 /**
- * How one transaction changed the number of tasks in each status, written
- * to task_counts before it commits. Only SQLite is counted here (see the
- * migration 2026-11-24T1500-sqlite-counts-by-writers); on PostgreSQL,
- * triggers count every writer.
+ * How one transaction changed the counts of tasks, by status (task_counts)
+ * and by status and hour of each time column (task_hour_counts), written
+ * before it commits. Only SQLite is counted here (see the migrations
+ * 2026-11-24T1500 and T1510); on PostgreSQL, triggers keep task_counts and
+ * there are no hour counts.
  */
-export class StatusDeltas {
-  private readonly deltas = new Map<number, number>();
+export class CountDeltas {
+  private readonly statuses = new Map<number, number>();
+  /** By "column hour status". */
+  private readonly hours = new Map<string, number>();
 
   constructor(private readonly dialect: DialectName) {}
 
-  add(status: number, n: number): void {
-    this.deltas.set(status, (this.deltas.get(status) ?? 0) + n);
+  added(task: CountedTask): void {
+    this.count(task, 1);
   }
 
-  /** One task moved from one status to another. */
-  move(from: number, to: number): void {
-    if (from === to) return;
-    this.add(from, -1);
-    this.add(to, 1);
+  removed(task: CountedTask): void {
+    this.count(task, -1);
+  }
+
+  changed(before: CountedTask, after: CountedTask): void {
+    if (before.status !== after.status) {
+      this.add(this.statuses, before.status, -1);
+      this.add(this.statuses, after.status, 1);
+    }
+    for (const column of TIME_COLUMNS) {
+      const from = hourKey(before, column);
+      const to = hourKey(after, column);
+      if (from === to) continue;
+      if (from) this.add(this.hours, from, -1);
+      if (to) this.add(this.hours, to, 1);
+    }
   }
 
   async write(trx: Transaction<Database>): Promise<void> {
     if (this.dialect !== "sqlite") return;
-    const rows = [...this.deltas].filter(([, n]) => n !== 0).map(([status, n]) => ({ status, n }));
-    this.deltas.clear();
-    if (rows.length === 0) return;
-    await trx
-      .insertInto("task_counts")
-      .values(rows)
-      .onConflict((oc) => oc.column("status").doUpdateSet({ n: sql`n + excluded.n` }))
-      .execute();
+    const statuses = [...this.statuses].filter(([, n]) => n !== 0).map(([status, n]) => ({ status, n }));
+    const hours = [...this.hours].filter(([, n]) => n !== 0).map(([key, n]) => hourRow(key, n));
+    this.statuses.clear();
+    this.hours.clear();
+    if (statuses.length > 0) {
+      await trx.insertInto("task_counts").values(statuses).onConflict((oc) => oc.column("status").doUpdateSet({ n: sql`n + excluded.n` })).execute();
+    }
+    if (hours.length > 0) {
+      await trx
+        .insertInto("task_hour_counts")
+        .values(hours)
+        .onConflict((oc) => oc.columns(["time_column", "hour", "status"]).doUpdateSet({ n: sql`n + excluded.n` }))
+        .execute();
+    }
   }
+
+  private count(task: CountedTask, n: number): void {
+    this.add(this.statuses, task.status, n);
+    for (const column of TIME_COLUMNS) {
+      const key = hourKey(task, column);
+      if (key) this.add(this.hours, key, n);
+    }
+  }
+
+  private add<K>(counts: Map<K, number>, key: K, n: number): void {
+    counts.set(key, (counts.get(key) ?? 0) + n);
+  }
+}
+
+/** The hour count a task is in for a time column; none while the column is unset (0). */
+function hourKey(task: CountedTask, column: TimeColumn): string | undefined {
+  const ms = task[column];
+  return ms > 0 ? `${column} ${Math.floor(ms / HOUR_MS)} ${task.status}` : undefined;
+}
+
+function hourRow(key: string, n: number): TaskHourCountRow {
+  const [column, hour, status] = key.split(" ");
+  return { time_column: column as TimeColumn, hour: Number(hour), status: Number(status), n };
 }
 
 /**
  * Counts the tasks afresh. For bulk loads that write rows without
  * TaskStore (benchmarks' seeding), while nothing else writes.
  */
-export async function recountTasks(db: Kysely<Database>): Promise<void> {
-  await db.transaction().execute(async (trx) => {
+export async function recountTasks(db: Db): Promise<void> {
+  await db.kysely.transaction().execute(async (trx) => {
     await trx.deleteFrom("task_counts").execute();
     await sql`INSERT INTO task_counts (status, n) SELECT status, count(*) FROM tasks GROUP BY status`.execute(trx);
+    if (db.dialect !== "sqlite") return;
+    await trx.deleteFrom("task_hour_counts").execute();
+    for (const column of TIME_COLUMNS) {
+      await sql`INSERT INTO task_hour_counts (time_column, hour, status, n)
+        SELECT ${column}, ${sql.ref(column)} / ${HOUR_MS}, status, count(*) FROM tasks WHERE ${sql.ref(column)} > 0 GROUP BY 2, 3`.execute(trx);
+    }
   });
 }

@@ -1,9 +1,10 @@
-import { expressionBuilder, type ExpressionBuilder, type Kysely, type SelectQueryBuilder } from "kysely";
+import { expressionBuilder, SqliteAdapter, type ExpressionBuilder, type Kysely, type SelectQueryBuilder } from "kysely";
 import { TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
 import type { Db } from "./connect.js";
 import { filterColumns, logBounds, type EventFilter, type LogEntry } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
 import { fitBudget, taskSize } from "./size-budget.js";
+import { HOUR_MS } from "./status-counts.js";
 
 /** A time column that lists filter and order by. */
 export type TimeColumn = "create_time" | "start_time" | "complete_time";
@@ -63,12 +64,38 @@ export async function listTasks(db: Kysely<Database>, query: TaskQuery): Promise
 
 /**
  * total_size. Filtered by statuses alone, or not at all, it is read from
- * task_counts, whatever the number of matches; other filters count the
- * matching rows over their index.
+ * task_counts, whatever the number of matches; on SQLite, with a time range
+ * too, mostly from task_hour_counts. Other filters count the matching rows
+ * over their index.
  */
 function countTasks(db: Kysely<Database>, query: TaskQuery, matching: SelectQueryBuilder<Database, "tasks", object>): Promise<number> {
-  const byStatusOnly = filterColumns(query.filter).length === 0 && query.filter.toolCallId === "" && !query.timeRange;
-  return byStatusOnly ? countByStatus(db, query.statuses) : count(matching);
+  const statusesOnly = filterColumns(query.filter).length === 0 && query.filter.toolCallId === "";
+  if (statusesOnly && !query.timeRange) return countByStatus(db, query.statuses);
+  if (statusesOnly && db.getExecutor().adapter instanceof SqliteAdapter) return countInRange(db, query);
+  return count(matching);
+}
+
+/**
+ * The tasks of a time range (and statuses): its whole hours summed from
+ * task_hour_counts, the tasks of its partial first and last hours counted
+ * over an index, at most two hours of them whatever the range.
+ */
+async function countInRange(db: Kysely<Database>, query: TaskQuery): Promise<number> {
+  const { column, startMs = 1, endMs = Number.MAX_SAFE_INTEGER } = query.timeRange!;
+  const first = Math.ceil(startMs / HOUR_MS);
+  const last = Math.floor(endMs / HOUR_MS);
+  const countBetween = (from: number, to: number) =>
+    from >= to ? 0 : count(db.selectFrom("tasks").where((eb) => eb.and(taskConditions(eb, { ...query, timeRange: { column, startMs: from, endMs: to } }))));
+  if (first >= last) return countBetween(startMs, endMs);
+  let hours = db
+    .selectFrom("task_hour_counts")
+    .select((eb) => eb.fn.sum<number | string | null>("n").as("n"))
+    .where("time_column", "=", column)
+    .where("hour", ">=", first)
+    .where("hour", "<", last);
+  if (query.statuses.length > 0) hours = hours.where("status", "in", query.statuses);
+  const whole = Number((await hours.executeTakeFirstOrThrow()).n ?? 0);
+  return whole + (await countBetween(startMs, first * HOUR_MS)) + (await countBetween(last * HOUR_MS, endMs));
 }
 
 /** How many tasks have one of these statuses (any status when none is given). */

@@ -14,7 +14,7 @@ import type { LogSignal } from "../fanout/log-signal.js";
 import { LOG_CHANNEL, notificationPayload } from "../fanout/pg-log-listener.js";
 import type { Db, DialectName } from "./connect.js";
 import { binaryChunks, insertNewTaskRows, updateTaskRows } from "./batch-statements.js";
-import { StatusDeltas } from "./status-counts.js";
+import { CountDeltas } from "./status-counts.js";
 import { appendEvents, runningKind, type EventKind } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
 import { GroupCommit, transactionPerWork, type Writer } from "./group-commit.js";
@@ -88,8 +88,8 @@ interface Tx {
   trx: Transaction<Database>;
   dialect: DialectName;
   now: number;
-  /** Tasks it added, moved between statuses or deleted, for task_counts. */
-  counts: StatusDeltas;
+  /** Tasks it added, changed or deleted, for the counts lists report. */
+  counts: CountDeltas;
   newestSequence: number;
   madePending: boolean;
 }
@@ -134,7 +134,7 @@ export class TaskStore {
         .returning("task_id")
         .executeTakeFirst();
       if (!inserted) return { task: (await findDuplicate(tx.trx, input))!, created: false };
-      tx.counts.add(TaskStatus.PENDING, 1);
+      tx.counts.added(pending);
       const slots = await this.slotCounts(tx, input.backpressure === "reject", pending.task_id);
       if (input.backpressure === "reject" && slots && !slots.hasSlot(input.agentId)) throw noSlot(input.agentId, this.limits);
       const steps: Step[] = [queuedStep(pending)];
@@ -168,7 +168,7 @@ export class TaskStore {
       const rows = items.map(({ input }) => newTaskRow(input, tx.now));
       const inserted = await insertNewTaskRows(tx.trx, tx.dialect, rows);
       const created = rows.filter((row) => inserted.has(row.task_id));
-      tx.counts.add(TaskStatus.PENDING, created.length);
+      for (const task of created) tx.counts.added(task);
       const queued = await applyAll(tx, created.map((task) => ({ task, steps: [queuedStep(task)] })));
       const byId = new Map(queued.map((task) => [task.task_id, task]));
       const outcomes: ItemOutcome<Dispatched>[] = [];
@@ -339,9 +339,9 @@ export class TaskStore {
       const newest = await trx.selectFrom("events").select((eb) => eb.fn.max("sequence").as("s")).where("task_id", "in", ids).executeTakeFirst();
       await trx.deleteFrom("events").where("task_id", "in", ids).execute();
       // What this transaction deleted: another replica's retention may have been first.
-      const deleted = await trx.deleteFrom("tasks").where("task_id", "in", ids).returning("status").execute();
-      const counts = new StatusDeltas(this.db.dialect);
-      for (const { status } of deleted) counts.add(status, -1);
+      const deleted = await trx.deleteFrom("tasks").where("task_id", "in", ids).returning(["status", "create_time", "start_time", "complete_time"]).execute();
+      const counts = new CountDeltas(this.db.dialect);
+      for (const task of deleted) counts.removed(task);
       await counts.write(trx);
       const trimmed = Number(newest?.s ?? 0);
       await trx
@@ -436,7 +436,7 @@ export class TaskStore {
   /** Runs a write transaction and, once it committed, tells readers how far the log got. */
   private async transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
     const { value, tx } = await this.writer.run(async (trx) => {
-      const tx: Tx = { trx, dialect: this.db.dialect, now: this.clock(), counts: new StatusDeltas(this.db.dialect), newestSequence: 0, madePending: false };
+      const tx: Tx = { trx, dialect: this.db.dialect, now: this.clock(), counts: new CountDeltas(this.db.dialect), newestSequence: 0, madePending: false };
       const value = await work(tx);
       await tx.counts.write(trx);
       // Other replicas hear of the commit when it happens (NOTIFY is sent at commit).
@@ -479,7 +479,7 @@ async function applyAll(tx: Tx, changes: { task: TaskRow; steps: Step[] }[]): Pr
   const lastSequence = new Map(events.map((e) => [e.taskId, Number(e.sequence)]));
   if (events.length > 0) tx.newestSequence = Number(events[events.length - 1].sequence);
   const updated = nexts.map((next) => ({ ...next, sequence: lastSequence.get(next.task_id) ?? next.sequence }));
-  changes.forEach(({ task }, i) => tx.counts.move(task.status, updated[i].status));
+  changes.forEach(({ task }, i) => tx.counts.changed(task, updated[i]));
   await updateTaskRows(
     tx.trx,
     tx.dialect,
