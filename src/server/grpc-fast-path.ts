@@ -199,9 +199,14 @@ class FrameWriter implements GrpcFrameOutput {
     return this.stream.writableNeedDrain && !this.stream.destroyed && !this.stream.closed;
   }
 
-  /** Writes, then waits while the buffer is full; throws if the call ended meanwhile. */
+  /**
+   * Writes, then waits while the buffer is full; throws if the call ended
+   * while it waited. A write that fit stands even if the call is ending: a
+   * long-poll's answer at shutdown must still be sent.
+   */
   async send(frames: Uint8Array, signal: AbortSignal): Promise<void> {
-    if (!this.write(frames)) await this.drained(signal);
+    if (this.write(frames)) return;
+    await this.drained(signal);
     signal.throwIfAborted();
   }
 
