@@ -54,16 +54,17 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
     };
     deps.gauges.activeStreams++;
     ctx.signal.addEventListener("abort", release, { once: true });
-    // Also ends the stream's work when connect-node stops reading this generator.
+    // connect-node may stop reading this generator before the call's signal
+    // aborts: that stops the stream's work too.
     const stop = new AbortController();
-    const signal = AbortSignal.any([ctx.signal, stop.signal]);
     try {
-      const stream = { deps, req, filter, heartbeatMs, signal };
       const frames = ctx.values.get(grpcFrameOutput);
       if (frames) {
-        await serveStream(stream, new FrameSink(frames, signal));
+        await serveStream({ deps, req, filter, heartbeatMs, signal: ctx.signal }, new FrameSink(frames, ctx.signal));
       } else {
-        yield* responses(stream, new ResponseQueue(speaksJson(ctx.requestHeader) ? decodedResponse : encodedResponse, signal));
+        const signal = AbortSignal.any([ctx.signal, stop.signal]);
+        const queue = new ResponseQueue(speaksJson(ctx.requestHeader) ? decodedResponse : encodedResponse, signal);
+        yield* responses({ deps, req, filter, heartbeatMs, signal }, queue);
       }
     } finally {
       stop.abort();
