@@ -1,6 +1,6 @@
 import type http2 from "node:http2";
 import { promisify } from "node:util";
-import { gunzip, gzip } from "node:zlib";
+import { gunzip, gzip, gzipSync } from "node:zlib";
 import { create, fromBinary, isMessage, toBinary, type DescMessage, type DescMethodServerStreaming, type DescMethodUnary, type DescService, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, createContextValues, createHandlerContext, type HandlerContext } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
@@ -9,6 +9,19 @@ import type { Handler } from "./listener.js";
 const GRPC_PROTO = /^application\/grpc(\+proto)?$/;
 const gzipAsync = promisify(gzip);
 const gunzipAsync = promisify(gunzip);
+
+/**
+ * Answers up to this size are gzipped on the event loop. Level 1 takes
+ * ~0.2 ms for a 32 KiB page of tasks; sending it to libuv's thread pool and
+ * back cost more than that in latency on a busy 2-core machine (a ListTasks
+ * page's server time fell from 7.3 to 2.9 ms with gzip off, measured with the
+ * async way). Larger answers still go to the pool, so the loop never stalls long.
+ */
+const GZIP_ON_LOOP_MAX_BYTES = 64 * 1024;
+
+function gzipAnswer(message: Uint8Array): Promise<Uint8Array> | Uint8Array {
+  return message.length <= GZIP_ON_LOOP_MAX_BYTES ? gzipSync(message, { level: 1 }) : gzipAsync(message, { level: 1 });
+}
 
 export interface GrpcFastPathOptions {
   maxMessageBytes: number;
@@ -120,7 +133,7 @@ async function serve(
       const gzip = message.length >= options.compressMinBytes && /\bgzip\b/.test(String(req.headers["grpc-accept-encoding"] ?? ""));
       if (!stream.closed) res.writeHead(200, gzip ? { ...headers, "grpc-encoding": "gzip" } : headers);
       // Level 1: half the time of the default level on a list page, for ~8% more bytes.
-      await writer.send(gzip ? frame(await gzipAsync(message, { level: 1 }), true) : frame(message), ctx.signal);
+      await writer.send(gzip ? frame(await gzipAnswer(message), true) : frame(message), ctx.signal);
     } else {
       res.writeHead(200, headers);
       for await (const response of (route.impl as StreamHandler)(request, ctx)) {
