@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { newTaskId } from "../domain/task-ids.js";
 import type { JsonObject } from "@bufbuild/protobuf";
 import type { Value } from "@bufbuild/protobuf/wkt";
 import { sql, type ExpressionBuilder, type Transaction } from "kysely";
@@ -502,7 +503,7 @@ function changedColumns(before: TaskRow, after: TaskRow): Partial<TaskRow> {
 
 function newTaskRow(input: NewTask, now: number): TaskRow {
   return {
-    task_id: randomUUID(),
+    task_id: newTaskId(now),
     request_id: input.requestId === "" ? null : input.requestId,
     status: TaskStatus.PENDING,
     tool_name: input.toolName,
