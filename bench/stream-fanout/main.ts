@@ -8,7 +8,7 @@
  *     [--agents 1000] [--unfiltered 100] [--connections 16] [--idle-streams 10000]
  *     [--streams-per-connection 100] [--snapshot-tasks 100000] [--replay-events 100000]
  *     [--step-seconds 8] [--start-rate 100] [--rate-factor 1.4] [--max-steps 12]
- *     [--half-seconds 15] [--raw-seconds 8] [--concurrency 32] [--repeats 3]
+ *     [--half-seconds 15] [--raw-seconds 8] [--concurrency 32] [--dispatch-batch 50] [--repeats 3]
  *     [--phases snapshot,raw,fanout,idle] [--quiet-wait-seconds 45] [--quiet-budget-seconds 240]
  *
  * Processes: the server (`node bin/taskstream.js serve`) and the raw server
@@ -64,6 +64,7 @@ const { values } = parseArgs({
     "half-seconds": { type: "string" },
     "raw-seconds": { type: "string" },
     concurrency: { type: "string" },
+    "dispatch-batch": { type: "string" },
     repeats: { type: "string" },
   },
   strict: true,
@@ -99,6 +100,7 @@ const cfg = {
   halfSeconds: num("half-seconds", 15, 4),
   rawSeconds: num("raw-seconds", 8, 3),
   concurrency: num("concurrency", 32, 16),
+  dispatchBatch: num("dispatch-batch", 50, 50),
   repeats: num("repeats", 3, 1),
   quietWaitSeconds: values["quiet-wait-seconds"] === "0" ? 0 : num("quiet-wait-seconds", 45, 5),
   /** All the quiet waits of a run together stop at this. */
@@ -130,13 +132,14 @@ class Producer {
   private readonly child: ChildProcess = fork(join(here, "producer.ts"), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
   private runs = 0;
 
-  run(request: Omit<ProduceRequest, "tag" | "agents" | "concurrency"> & { concurrency?: number }): Promise<ProduceResult> {
+  run(request: Omit<ProduceRequest, "tag" | "agents" | "concurrency" | "batch"> & { concurrency?: number }): Promise<ProduceResult> {
     return new Promise((resolve, reject) => {
       this.child.once("message", (m: { ok: boolean; result?: ProduceResult; error?: string }) =>
         m.ok ? resolve(m.result!) : reject(new Error(`producer: ${m.error}`)),
       );
       this.child.send({
         concurrency: cfg.concurrency,
+        batch: cfg.dispatchBatch,
         ...request,
         agents: cfg.agents,
         tag: `p${process.pid}-${Date.now()}-${this.runs++}`,
@@ -381,7 +384,7 @@ async function fanoutPhase(database: string, readers: Readers, report: Report, f
     report.rss.push({ phase: `fan-out server started (${who} client)`, bytes: rssBytes(server.pid) });
 
     if (!report.writesAlone) {
-      log(`\n== writes alone: producer flat out (${cfg.concurrency} DispatchTask calls in flight), no streams open, ${cfg.stepSeconds} s`);
+      log(`\n== writes alone: producer flat out (${cfg.concurrency} DispatchTasks calls of ${cfg.dispatchBatch} in flight), no streams open, ${cfg.stepSeconds} s`);
       await quiet("writes alone");
       const sampler = new PhaseSampler(server.pid).start();
       const p = await producer.run({ url: server.url, rate: 0, seconds: cfg.stepSeconds });
@@ -389,7 +392,7 @@ async function fanoutPhase(database: string, readers: Readers, report: Report, f
       report.writesAlone = { dispatchPerSec: p.dispatched / p.seconds, rpcP50: p.rpcP50Ms, rpcP99: p.rpcP99Ms, usage, producerCores: p.cpuCores };
       log(
         `  ${fmt(p.dispatched / p.seconds)} dispatches/s = ${fmt((2 * p.dispatched) / p.seconds)} events/s; ` +
-          `DispatchTask p50 ${p.rpcP50Ms.toFixed(1)} ms, p99 ${p.rpcP99Ms.toFixed(1)} ms; server ${usage.serverCores.toFixed(2)} cores`,
+          `DispatchTasks p50 ${p.rpcP50Ms.toFixed(1)} ms, p99 ${p.rpcP99Ms.toFixed(1)} ms; server ${usage.serverCores.toFixed(2)} cores`,
       );
       if (p.errors) log(`  ${p.errors} errors, first: ${p.firstError}`);
     }

@@ -1,7 +1,9 @@
 /**
- * The producer, a process of its own (forked by main.ts): DispatchTask with
- * claim, so every dispatch writes two events (queued, running) in one
- * transaction, to a random agent among `agents`, at a steady target rate.
+ * The producer, a process of its own (forked by main.ts): dispatches with
+ * claim, so every dispatch writes two events (queued, running), to a random
+ * agent among `agents`, at a steady target rate. The dispatches due at a
+ * moment go in one DispatchTasks call (at most `batch` of them), as a
+ * producer with work piling up would send them.
  */
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -13,6 +15,8 @@ export interface ProduceRequest {
   rate: number;
   seconds: number;
   concurrency: number;
+  /** Dispatches per DispatchTasks call at most. */
+  batch: number;
   agents: number;
   /** Makes tool_call_ids unique across runs on one database. */
   tag: string;
@@ -62,23 +66,35 @@ export async function produce(request: ProduceRequest): Promise<ProduceResult> {
       }
       const allowed = request.rate > 0 ? Math.floor(((now - started) / 1000) * request.rate) + 1 : Infinity;
       while (inFlight < request.concurrency && issued < allowed) {
-        const n = issued++;
+        const first = issued;
+        issued = Math.min(allowed, issued + request.batch);
         inFlight++;
         const t0 = performance.now();
-        tasks
-          .dispatchTask({
+        const requests = Array.from({ length: issued - first }, (_, k) => {
+          const n = first + k;
+          return {
             ...dispatchShape,
             toolCallId: `${request.tag}-${n}`,
             agentId: `agent-${Math.floor(Math.random() * request.agents)}`,
             runId: `run-${n % 97}`,
             args: { query: `bench task ${n}`, n },
-          })
+          };
+        });
+        tasks
+          .dispatchTasks({ requests })
           .then(
             (res) => {
-              dispatched++;
               rpcMs.push(performance.now() - t0);
-              const seq = Number(res.task?.sequence ?? 0);
-              if (seq > lastSequence) lastSequence = seq;
+              for (const { outcome } of res.results) {
+                if (outcome.case !== "dispatched") {
+                  errors++;
+                  firstError ??= outcome.value?.message;
+                  continue;
+                }
+                dispatched++;
+                const seq = Number(outcome.value.task?.sequence ?? 0);
+                if (seq > lastSequence) lastSequence = seq;
+              }
             },
             (err: unknown) => {
               errors++;

@@ -247,7 +247,7 @@ export function runBlock(r: Report): string {
     parts.push(
       "",
       `Writes alone (producer flat out with ${r.cfg.concurrency} calls in flight, no stream open): ` +
-        `**${n(w.dispatchPerSec)} DispatchTask/s = ${n(2 * w.dispatchPerSec)} events/s**, call p50 ${w.rpcP50.toFixed(1)} ms / p99 ${w.rpcP99.toFixed(1)} ms, ` +
+        `**${n(w.dispatchPerSec)} dispatches/s = ${n(2 * w.dispatchPerSec)} events/s** (DispatchTasks of ${r.cfg.dispatchBatch}), call p50 ${w.rpcP50.toFixed(1)} ms / p99 ${w.rpcP99.toFixed(1)} ms, ` +
         `server ${cores(w.usage.serverCores)} cores, producer ${cores(w.producerCores)} cores, other processes ${cores(others(w.usage, w.producerCores))} cores.`,
     );
   }
@@ -344,14 +344,15 @@ How it runs:
   16 connections (~69 each), the 10,000 idle streams over 100.
 - **Fan-out.** 100 streams with no filter and 1,000 each filtered to its own
   agent (\`agent-0\`…\`agent-999\`), all \`skip_snapshot\` (the database holds the
-  100,000 seeded running tasks). The producer calls \`DispatchTask\` with
-  \`claim\` for a random one of those agents, so each call writes 2 events in one
-  transaction, and each event is delivered 101 times (every unfiltered stream,
-  and its agent's). It steps its rate up by 1.4× from 100 dispatches/s; a step
+  100,000 seeded running tasks). The producer dispatches with \`claim\`, each
+  task for a random one of those agents, so each dispatch writes 2 events, and
+  each event is delivered 101 times (every unfiltered stream, and its agent's).
+  The dispatches due at a moment go in one \`DispatchTasks\` call (at most
+  \`--dispatch-batch\`, 50), as a producer with work piling up sends them. It steps its rate up by 1.4× from 100 dispatches/s; a step
   is *sustained* when the producer kept ≥ 90% of its rate, the streams received
   ≥ 90% of the deliveries those writes call for, p99 stayed under 1 s and no
   call failed. The ladder stops at the first unsustained step, then one step
-  runs the producer flat out (32 calls in flight; it counts as sustained, at
+  runs the producer flat out (32 calls of 50 in flight; it counts as sustained, at
   the rate it reached, when the streams kept up), then one at half the best
   sustained rate gives the latency figures. If the first step is not
   sustained, the ladder steps down instead (at most 3 times).

@@ -145,18 +145,16 @@ export class TaskStore {
       }
       return { task: await apply(tx, pending, steps), created: true };
     });
-    // A retried dispatch-with-claim gets its lease back while the same worker holds it.
-    const holdsLease = claim && task.status === TaskStatus.RUNNING && task.worker_id === claim.workerId;
-    return { task, created, lease: holdsLease ? leaseOf(task) : undefined };
+    return dispatched(task, created, claim);
   }
 
   /**
    * Dispatches each input as `dispatch` would, in one transaction whose rows
-   * and events share their statements. With concurrency limits, or claims,
-   * each dispatch decides against the slots the earlier ones took, one by one.
+   * and events share their statements. With concurrency limits, each
+   * dispatch decides against the slots the earlier ones took, one by one.
    */
   async dispatchMany(items: { input: NewTask; claim?: ClaimBy }[]): Promise<ItemOutcome<Dispatched>[]> {
-    if (hasLimits(this.limits) || items.some((item) => item.claim)) {
+    if (hasLimits(this.limits)) {
       const dispatch = ({ input, claim }: (typeof items)[number]) => this.dispatch(input, claim);
       // SQLite's group commit runs concurrent changes in arrival order; on
       // PostgreSQL each commits alone, so the next starts when one is done.
@@ -168,15 +166,20 @@ export class TaskStore {
     return this.transaction(async (tx) => {
       const rows = items.map(({ input }) => newTaskRow(input, tx.now));
       const inserted = await insertNewTaskRows(tx.trx, tx.dialect, rows);
-      const created = rows.filter((row) => inserted.has(row.task_id));
-      for (const task of created) tx.counts.added(task);
-      const queued = await applyAll(tx, created.map((task) => ({ task, steps: [queuedStep(task)] })));
-      const byId = new Map(queued.map((task) => [task.task_id, task]));
+      const created: { task: TaskRow; steps: Step[] }[] = [];
+      for (const [i, task] of rows.entries()) {
+        if (!inserted.has(task.task_id)) continue;
+        tx.counts.added(task);
+        // Without limits a self-claimed dispatch always has a slot: it runs at once.
+        const claim = items[i].claim;
+        created.push({ task, steps: claim ? [queuedStep(task), startRunning(task, claim, tx.now)] : [queuedStep(task)] });
+      }
+      const byId = new Map((await applyAll(tx, created)).map((task) => [task.task_id, task]));
       const outcomes: ItemOutcome<Dispatched>[] = [];
       // An item that inserted nothing repeats an earlier dispatch, maybe one of this batch.
       for (const [i, row] of rows.entries()) {
         const task = byId.get(row.task_id) ?? (await findDuplicate(tx.trx, items[i].input))!;
-        outcomes.push({ ok: true, value: { task, created: byId.has(row.task_id) } });
+        outcomes.push({ ok: true, value: dispatched(task, byId.has(row.task_id), items[i].claim) });
       }
       return outcomes;
     });
@@ -662,6 +665,12 @@ async function settle<T>(items: Promise<T>[]): Promise<ItemOutcome<T>[]> {
     if (item.reason instanceof ConnectError) return { ok: false, error: item.reason };
     throw item.reason;
   });
+}
+
+/** A dispatch's answer. A repeated dispatch-with-claim gets its lease back while the same worker holds it. */
+function dispatched(task: TaskRow, created: boolean, claim: ClaimBy | undefined): Dispatched {
+  const holdsLease = claim && task.status === TaskStatus.RUNNING && task.worker_id === claim.workerId;
+  return { task, created, lease: holdsLease ? leaseOf(task) : undefined };
 }
 
 function leaseOf(task: TaskRow): Lease {
