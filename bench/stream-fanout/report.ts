@@ -351,9 +351,9 @@ How it runs:
   \`--dispatch-batch\`, 50), as a producer with work piling up sends them. It steps its rate up by 1.4× from 100 dispatches/s; a step
   is *sustained* when the producer kept ≥ 90% of its rate, the streams received
   ≥ 90% of the deliveries those writes call for, p99 stayed under 1 s and no
-  call failed. The ladder stops at the first unsustained step, then one step
-  runs the producer flat out (32 calls of 50 in flight; it counts as sustained, at
-  the rate it reached, when the streams kept up), then one at half the best
+  call failed. The ladder stops at the first unsustained step (if it runs
+  out of steps instead, one more runs the producer flat out, 32 calls of 50
+  in flight, sustained when the streams kept up), then one at half the best
   sustained rate gives the latency figures. If the first step is not
   sustained, the ladder steps down instead (at most 3 times).
 - **Latency** is commit to receipt: the client's clock at receipt minus
