@@ -89,7 +89,8 @@ function hourRow(key: string, n: number): TaskHourCountRow {
 
 /**
  * Counts the tasks afresh. For bulk loads that write rows without
- * TaskStore (benchmarks' seeding), while nothing else writes.
+ * TaskStore (benchmarks' seeding), while nothing else writes. The hour is a
+ * literal: divided by a bound parameter (a REAL), each time made its own hour.
  */
 export async function recountTasks(db: Db): Promise<void> {
   await db.kysely.transaction().execute(async (trx) => {
@@ -99,7 +100,7 @@ export async function recountTasks(db: Db): Promise<void> {
     await trx.deleteFrom("task_hour_counts").execute();
     for (const column of TIME_COLUMNS) {
       await sql`INSERT INTO task_hour_counts (time_column, hour, status, n)
-        SELECT ${column}, ${sql.ref(column)} / ${HOUR_MS}, status, count(*) FROM tasks WHERE ${sql.ref(column)} > 0 GROUP BY 2, 3`.execute(trx);
+        SELECT ${column}, ${sql.ref(column)} / ${sql.lit(HOUR_MS)}, status, count(*) FROM tasks WHERE ${sql.ref(column)} > 0 GROUP BY 2, 3`.execute(trx);
     }
   });
 }
