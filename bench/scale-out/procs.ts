@@ -1,19 +1,13 @@
 /** The bench's processes: replica servers, and what /proc says about them and the machine. */
-import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
-import { createInterface } from "node:readline";
 import { cpuSeconds, rssBytes, sleep } from "../support/proc-stats.js";
+import { spawnServer, type Spawned } from "../support/server-process.js";
 export { cpuSeconds, rssBytes, sleep };
 
 /** One `taskstream serve` process. */
-export interface ReplicaProcess {
+export interface ReplicaProcess extends Spawned {
   name: string;
-  pid: number;
-  url: string;
-  process: ChildProcess;
-  /** SIGTERM, SIGKILL after graceMs; resolves once it exited. */
-  stop(graceMs?: number): Promise<void>;
 }
 
 /**
@@ -21,60 +15,11 @@ export interface ReplicaProcess {
  * (as test/support/replica.ts does) and waits for its "taskstream listening"
  * JSON line. Warnings and errors the replica logs are passed through to stderr.
  */
-export function startReplicaProcess(name: string, database: string, flags: string[] = [], timeoutMs = 60_000): Promise<ReplicaProcess> {
-  return new Promise((resolve, reject) => {
-    // stop() sends SIGTERM: no drain, or every stop would wait out its 5 s default.
-    const child = spawn(process.execPath, ["bin/taskstream.js", "serve", "--port", "0", "--database", database, "--log-level", "info", "--shutdown-drain-ms", "0", ...flags], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const exited = new Promise<void>((r) => child.once("exit", () => r()));
-    let stderr = "";
-    child.stderr!.on("data", (d: Buffer) => {
-      stderr = (stderr + d.toString()).slice(-10_000);
-    });
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`replica ${name}: not listening within ${timeoutMs} ms\n${stderr}`));
-    }, timeoutMs);
-    let ready = false;
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      let entry: { msg?: string; url?: string; level?: string } | undefined;
-      try {
-        entry = JSON.parse(line) as typeof entry;
-      } catch {
-        return;
-      }
-      if (!ready && entry?.msg === "taskstream listening" && entry.url) {
-        ready = true;
-        clearTimeout(timer);
-        resolve({
-          name,
-          pid: child.pid!,
-          url: entry.url,
-          process: child,
-          stop: async (graceMs = 15_000) => {
-            if (child.exitCode === null && child.signalCode === null) {
-              child.kill("SIGTERM");
-              const kill = setTimeout(() => child.kill("SIGKILL"), graceMs);
-              await exited;
-              clearTimeout(kill);
-            }
-          },
-        });
-      } else if (entry?.level === "warn" || entry?.level === "error") {
-        process.stderr.write(`  [replica ${name}] ${line}\n`);
-      }
-    });
-    child.once("exit", (code, signal) => {
-      if (!ready) {
-        clearTimeout(timer);
-        reject(new Error(`replica ${name} exited (${code ?? signal}) before listening\n${stderr}`));
-      }
-    });
-  });
+export async function startReplicaProcess(name: string, database: string, flags: string[] = [], timeoutMs = 60_000): Promise<ReplicaProcess> {
+  // stop() sends SIGTERM: no drain, or every stop would wait out its 5 s default.
+  const args = ["bin/taskstream.js", "serve", "--port", "0", "--database", database, "--log-level", "info", "--shutdown-drain-ms", "0", ...flags];
+  return { name, ...(await spawnServer(process.execPath, args, "taskstream listening", `replica ${name}`, timeoutMs)) };
 }
-
-
 
 function parentOf(pid: string): number {
   try {
