@@ -10,6 +10,9 @@ const GRPC_PROTO = /^application\/grpc(\+proto)?$/;
 const gzipAsync = promisify(gzip);
 const gunzipAsync = promisify(gunzip);
 
+/** Why a finished call's signal is aborted. */
+const CALL_ENDED = new ConnectError("the call ended", Code.Canceled);
+
 /**
  * Answers up to this size are gzipped on the event loop. Level 1 takes
  * ~0.2 ms for a 32 KiB page of tasks; sending it to libuv's thread pool and
@@ -102,7 +105,9 @@ async function serve(
 ): Promise<void> {
   const stream = req.stream;
   const clientGone = new AbortController();
-  stream.once("close", () => clientGone.abort(new ConnectError("the client closed the stream", Code.Canceled)));
+  let ended = false;
+  // Every stream closes: only one that closes before its call ended means the client went away.
+  stream.once("close", () => ended || clientGone.abort(new ConnectError("the client closed the stream", Code.Canceled)));
   stream.on("error", () => {});
   const timeout = parseTimeout(String(req.headers["grpc-timeout"] ?? "") || null, Number.MAX_SAFE_INTEGER);
   const writer = new FrameWriter(stream);
@@ -143,7 +148,10 @@ async function serve(
   } catch (error) {
     failure = options.toConnectError(ctx.signal.aborted ? (ctx.signal.reason ?? error) : error, route.method.name);
   } finally {
-    ctx.abort();
+    ended = true;
+    // Releases the call's timers and listeners. A shared reason: an error made
+    // per call (a stack captured each time) cost ~40 us of every unary call.
+    ctx.abort(CALL_ENDED);
   }
   if (stream.destroyed || stream.closed) return;
   if (!res.headersSent) res.writeHead(200, headers);

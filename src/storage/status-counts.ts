@@ -1,4 +1,5 @@
 import { sql, type Transaction } from "kysely";
+import { insertRows } from "./batch-statements.js";
 import type { Db, DialectName } from "./connect.js";
 import type { Database, TaskHourCountRow, TaskRow } from "./schema.js";
 
@@ -51,15 +52,13 @@ export class CountDeltas {
     const hours = [...this.hours].filter(([, n]) => n !== 0).map(([key, n]) => hourRow(key, n));
     this.statuses.clear();
     this.hours.clear();
+    // SQL written once per shape (insertRows): a change of one task writes
+    // these two statements, and building them with Kysely cost more than running them.
     if (statuses.length > 0) {
-      await trx.insertInto("task_counts").values(statuses).onConflict((oc) => oc.column("status").doUpdateSet({ n: sql`n + excluded.n` })).execute();
+      await insertRows(trx, this.dialect, "task_counts", statuses, "on conflict (status) do update set n = n + excluded.n");
     }
     if (hours.length > 0) {
-      await trx
-        .insertInto("task_hour_counts")
-        .values(hours)
-        .onConflict((oc) => oc.columns(["time_column", "hour", "status"]).doUpdateSet({ n: sql`n + excluded.n` }))
-        .execute();
+      await insertRows(trx, this.dialect, "task_hour_counts", hours, "on conflict (time_column, hour, status) do update set n = n + excluded.n");
     }
   }
 
