@@ -20,6 +20,7 @@ export type ErrorReason =
   | "CURSOR_EXPIRED"
   | "CURSOR_AHEAD"
   | "CONCURRENCY_LIMIT"
+  | "TASK_TOO_LARGE"
   | "SHUTTING_DOWN"
   | "STORAGE_UNAVAILABLE";
 
@@ -44,9 +45,12 @@ export function invalidArgument(field: string, message: string): ConnectError {
  */
 export function insideField(parent: string, err: unknown): unknown {
   if (!(err instanceof ConnectError) || err.code !== Code.InvalidArgument) return err;
-  const field = err.findDetails(ErrorInfoSchema)[0]?.metadata.field;
+  const info = err.findDetails(ErrorInfoSchema)[0];
+  const field = info?.metadata.field;
   if (field === undefined || !err.rawMessage.startsWith(`${field}: `)) return err;
-  return invalidArgument(`${parent}.${field}`, err.rawMessage.slice(field.length + 2));
+  const inside = `${parent}.${field}`;
+  const message = `${inside}: ${err.rawMessage.slice(field.length + 2)}`;
+  return taskstreamError(Code.InvalidArgument, info.reason as ErrorReason, message, { ...info.metadata, field: inside });
 }
 
 export function taskNotFound(taskId: string): ConnectError {

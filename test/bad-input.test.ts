@@ -99,7 +99,8 @@ for (const dialect of DIALECTS) {
     }
 
     beforeAll(async () => {
-      t = await startTestServer(dialect);
+      // Leases outlast the file, so the sweeper changes none of the snapshotted tasks.
+      t = await startTestServer(dialect, { leaseMs: 600_000 });
       pending = (await t.tasks().dispatchTask({ toolName: tool, args: { kind: "pending" } })).task!;
       const r = await t.tasks().dispatchTask({ toolName: `${tool}-run`, claim: { workerId: "w1" } });
       running = { taskId: r.task!.taskId, leaseId: r.lease!.leaseId };
@@ -497,6 +498,67 @@ for (const dialect of DIALECTS) {
         const leased = [];
         for (const id of ids) if ((await t.tasks().getTask({ taskId: id })).task!.status === TaskStatus.RUNNING) leased.push(id);
         expect(leased).toHaveLength(claimed);
+      });
+
+      // Every task must stay readable: one that outgrew a response could never be got, listed past or claimed.
+      describe("a task too large for one response", () => {
+        const stringValue = (bytes: number) => ({ kind: { case: "stringValue" as const, value: "r".repeat(bytes) } });
+
+        it("refuses a result that would outgrow its task, TASK_TOO_LARGE, and the task stays running and readable", async () => {
+          const hugeTool = `${tool}-huge`;
+          const { task, lease } = await t.tasks().dispatchTask({ toolName: hugeTool, args: big(2.5 * MiB), claim: { workerId: "w-huge" } });
+          created++;
+          const taskId = task!.taskId;
+          const err = await expectError(t.workers().completeTask({ taskId, leaseId: lease!.leaseId, result: stringValue(2 * MiB) }), Code.InvalidArgument, "TASK_TOO_LARGE");
+          expect(err.findDetails(ErrorInfoSchema)[0].metadata).toMatchObject({ field: "result", task_id: taskId });
+          const batch = await t.workers().completeTasks({ requests: [{ taskId, leaseId: lease!.leaseId, result: stringValue(2 * MiB) }] });
+          expect(batch.results[0].error?.reason).toBe("TASK_TOO_LARGE");
+          await expectGrpcJsError(t.grpcJs.workers.completeTask({ taskId, leaseId: lease!.leaseId, result: stringValue(2 * MiB) }), Code.InvalidArgument, "TASK_TOO_LARGE");
+          expect((await t.tasks().getTask({ taskId })).task!.status).toBe(TaskStatus.RUNNING);
+          // The worker can still end it, with a result that fits.
+          const done = await t.workers().completeTask({ taskId, leaseId: lease!.leaseId, result: stringValue(1 * MiB) });
+          expect(done.task!.status).toBe(TaskStatus.COMPLETED);
+          expect((await t.grpcJs.tasks.getTask({ taskId })).task!.taskId).toBe(taskId);
+        });
+
+        it("refuses args that leave a task no room, in DispatchTask and DispatchTasks, and outputs too large to deliver", async () => {
+          const args = big(4 * MiB - 40 * 1024);
+          const err = await expectError(t.tasks().dispatchTask({ toolName: `${tool}-huge-args`, args }), Code.InvalidArgument, "TASK_TOO_LARGE");
+          expect(err.findDetails(ErrorInfoSchema)[0].metadata.field).toBe("args");
+          const inBatch = await expectError(t.tasks().dispatchTasks({ requests: [{ toolName: `${tool}-huge-args`, args }] }), Code.InvalidArgument, "TASK_TOO_LARGE");
+          expect(inBatch.findDetails(ErrorInfoSchema)[0].metadata.field).toBe("requests[0].args");
+          expect((await t.tasks().listTasks({ filter: { toolName: `${tool}-huge-args` } })).totalSize).toBe(0n);
+
+          const { task, lease } = await t.tasks().dispatchTask({ toolName: `${tool}-huge-output`, claim: { workerId: "w-out" } });
+          created++;
+          const output = stringValue(4 * MiB - 40 * 1024);
+          const refused = await expectError(t.workers().reportOutput({ taskId: task!.taskId, leaseId: lease!.leaseId, output }), Code.InvalidArgument, "TASK_TOO_LARGE");
+          expect(refused.findDetails(ErrorInfoSchema)[0].metadata.field).toBe("output");
+          const events = await t.tasks().listTaskEvents({ taskId: task!.taskId });
+          expect(events.events.map((e) => e.kind.case)).toEqual(["queued", "running"]);
+        });
+
+        // Struct encoding of numbers takes up to 5.5 times their JSON text: pages are cut by encoded size.
+        it("pages and claims tasks whose encoding far exceeds their JSON, without a response over 4 MiB", async () => {
+          const denseTool = `${tool}-dense`;
+          // ~200 KiB of JSON, ~1.1 MiB encoded: four fit a budget counted in JSON, not one response.
+          const numbers = { n: Array.from({ length: 100_000 }, () => 0) };
+          for (let i = 0; i < 4; i++) await t.tasks().dispatchTask({ toolName: denseTool, args: numbers });
+          created += 4;
+          const seen: string[] = [];
+          let pageToken = "";
+          do {
+            const page = await t.grpcJs.tasks.listTasks({ filter: { toolName: denseTool }, pageSize: 10, pageToken });
+            expect(page.tasks.length).toBeGreaterThan(0);
+            seen.push(...page.tasks.map((x) => x.taskId));
+            pageToken = page.nextPageToken;
+          } while (pageToken !== "");
+          expect(new Set(seen).size).toBe(4);
+          const claimed = await t.workers().claimTasks({ workerId: "w-dense", toolNames: [denseTool], maxTasks: 4 });
+          expect(claimed.tasks.length).toBeGreaterThan(0);
+          expect(claimed.tasks.length).toBeLessThan(4);
+          expect(claimed.tasks[0].task!.args!.n).toHaveLength(100_000);
+        });
       });
     });
 

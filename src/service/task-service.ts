@@ -17,6 +17,7 @@ import {
 } from "../../gen/taskstream/v1/task_service_pb.js";
 import type { Settings } from "../config.js";
 import { invalidArgument, taskNotFound } from "../errors.js";
+import { requireArgsFit } from "../storage/size-budget.js";
 import { getTask, listTaskEvents, listTasks, type TimeColumn } from "../storage/task-queries.js";
 import type { ClaimBy, Dispatched, NewTask } from "../storage/task-store.js";
 import { taskFromRow, writeTask } from "../storage/task-rows.js";
@@ -133,7 +134,7 @@ function dispatchRequest(req: DispatchTaskRequest, deps: ServiceDeps): { input: 
     requestId: optionalId("request_id", req.requestId, 128),
     toolName: requireId("tool_name", req.toolName),
     toolCallId: optionalId("tool_call_id", req.toolCallId),
-    args: requireJsonObject("args", req.args),
+    args: requireArgsFit(requireJsonObject("args", req.args)),
     agentId: optionalId("agent_id", req.agentId),
     runId: optionalId("run_id", req.runId),
     threadId: optionalId("thread_id", req.threadId),

@@ -7,10 +7,11 @@ import {
   type FailTaskRequest,
 } from "../../gen/taskstream/v1/worker_service_pb.js";
 import { TaskErrorSchema, TaskStatus, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
-import { create } from "@bufbuild/protobuf";
-import type { Value } from "@bufbuild/protobuf/wkt";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
 import { invalidArgument } from "../errors.js";
 import { msFromDuration } from "../domain/time.js";
+import { requireOutputFits } from "../storage/size-budget.js";
 import { taskFromRow } from "../storage/task-rows.js";
 import type { LeasedItem } from "../storage/task-store.js";
 import { taskOutcome, validateBatch } from "./batches.js";
@@ -71,6 +72,7 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
     async reportOutput(req) {
       if (req.output === undefined) throw invalidArgument("output", "is required");
       const output = requireJsonValue("output", req.output)!;
+      requireOutputFits(toBinary(ValueSchema, output).length);
       const task = await store.reportOutput(requireId("task_id", req.taskId), requireId("lease_id", req.leaseId), output);
       return { sequence: BigInt(task.sequence) };
     },

@@ -3,7 +3,7 @@ import { TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
 import type { Db } from "./connect.js";
 import { filterColumns, logBounds, type EventFilter, type LogEntry } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
-import { fitBudget, taskSize } from "./size-budget.js";
+import { fitBudget, fitTasks } from "./size-budget.js";
 import { HOUR_MS } from "./status-counts.js";
 
 /** A time column that lists filter and order by. */
@@ -54,7 +54,7 @@ export async function listTasks(db: Kysely<Database>, query: TaskQuery): Promise
     );
   }
   const rows = await page.execute();
-  const items = fitBudget(rows.slice(0, query.limit), taskSize);
+  const items = fitTasks(rows.slice(0, query.limit));
   return {
     items,
     more: rows.length > items.length,

@@ -19,7 +19,7 @@ import { CountDeltas } from "./status-counts.js";
 import { appendEvents, runningKind, type EventKind } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
 import { GroupCommit, transactionPerWork, type Writer } from "./group-commit.js";
-import { fitBudget, taskSize } from "./size-budget.js";
+import { fitTasks, requireTaskFits } from "./size-budget.js";
 import { errorToColumn, valueToColumn } from "./task-rows.js";
 
 /** What a producer gives to create a task. */
@@ -216,7 +216,7 @@ export class TaskStore {
       const chosen: TaskRow[] = [];
       // Claim no more than one response can carry: a lease the worker never
       // receives would strand its task until the lease expires.
-      const fitting = new Set(fitBudget(pending, taskSize));
+      const fitting = new Set(fitTasks(pending));
       for (const task of pending) {
         if (chosen.length === request.maxTasks || slots?.full || !fitting.has(task)) break;
         if (slots && !slots.hasSlot(task.agent_id)) continue;
@@ -411,10 +411,12 @@ export class TaskStore {
         }
         try {
           const steps = await decide(task, tx.now, tx);
+          const next = steps.reduce((row, step) => ({ ...row, ...step.set }), task);
+          requireTaskFits(next, () => payloadField(steps));
           const change = changes.get(taskId) ?? { task, steps: [] };
           change.steps.push(...steps);
           changes.set(taskId, change);
-          current.set(taskId, steps.reduce((row, step) => ({ ...row, ...step.set }), task));
+          current.set(taskId, next);
           decided.push(taskId);
         } catch (error) {
           if (!(error instanceof ConnectError)) throw error;
@@ -570,6 +572,15 @@ function findDuplicate(trx: Transaction<Database>, input: NewTask): Promise<Task
 function queuedStep(task: TaskRow): Step {
   const value = { args: JSON.parse(task.args) as JsonObject, maxRetries: task.max_retries, timeout: durationFromMs(task.timeout_ms) };
   return { set: { status: TaskStatus.PENDING }, event: { case: "queued", value } };
+}
+
+/** The request field whose payload the steps store, for an error that names it. */
+function payloadField(steps: Step[]): string {
+  const set = Object.assign({}, ...steps.map((step) => step.set)) as Partial<TaskRow>;
+  if (set.result !== undefined) return "result";
+  if (set.suspend_payload !== undefined) return "payload";
+  if (set.resume_data !== undefined) return "resume_data";
+  return "error";
 }
 
 /** Checks and chooses a change's steps for a task as it stands. */
