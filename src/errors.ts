@@ -21,6 +21,7 @@ export type ErrorReason =
   | "CURSOR_AHEAD"
   | "CONCURRENCY_LIMIT"
   | "TASK_TOO_LARGE"
+  | "RESPONSE_TOO_LARGE"
   | "SHUTTING_DOWN"
   | "STORAGE_UNAVAILABLE";
 

@@ -538,6 +538,18 @@ for (const dialect of DIALECTS) {
           expect(events.events.map((e) => e.kind.case)).toEqual(["queued", "running"]);
         });
 
+        // A request just under 4 MiB whose answer (each task with its id, times and lease) is over it.
+        it("refuses a DispatchTasks whose answer would not fit one response, before creating any task", async () => {
+          const batchTool = `${tool}-wide`;
+          const requests = Array.from({ length: 1000 }, () => ({ toolName: batchTool, args: big(4120) }));
+          const err = await expectError(t.tasks().dispatchTasks({ requests }), Code.InvalidArgument, "RESPONSE_TOO_LARGE");
+          expect(err.findDetails(ErrorInfoSchema)[0].metadata.field).toBe("requests");
+          expect((await t.tasks().listTasks({ filter: { toolName: batchTool } })).totalSize).toBe(0n);
+          const half = await t.tasks().dispatchTasks({ requests: requests.slice(0, 500) });
+          created += 500;
+          expect(half.results.filter((r) => r.outcome.case === "dispatched")).toHaveLength(500);
+        });
+
         // Struct encoding of numbers takes up to 5.5 times their JSON text: pages are cut by encoded size.
         it("pages and claims tasks whose encoding far exceeds their JSON, without a response over 4 MiB", async () => {
           const denseTool = `${tool}-dense`;

@@ -21,8 +21,14 @@ export const RESPONSE_BUDGET_BYTES = 4 * 1024 * KiB - 64 * KiB;
  */
 export const MAX_TASK_BYTES = RESPONSE_BUDGET_BYTES - 4 * KiB;
 
-/** What a task takes besides its JSON payloads, at most: ids of up to 256 bytes, times, counters. */
-const TASK_FIXED_BYTES = 4 * KiB;
+/** What a task takes besides its ids and JSON payloads, at most: times, counters, tags. */
+const TASK_SCALARS_BYTES = 256;
+
+/** What a task takes besides its JSON payloads, at most: eight ids of up to 256 characters, as UTF-8. */
+const TASK_FIXED_BYTES = 8 * KiB;
+
+/** What an item of a batch's answer adds to its task: a lease, the item's framing. */
+const ANSWER_ITEM_BYTES = 128;
 
 /**
  * Struct/Value wire bytes per byte of JSON text, at most: a one-digit number
@@ -52,10 +58,14 @@ export function fitTasks(tasks: TaskRow[]): TaskRow[] {
   return fitBudget(tasks, taskSizeBound, (task) => taskBytes(task).length);
 }
 
-/** At least the encoded size of the task, from the lengths of its JSON columns. */
+/**
+ * At least the encoded size of the task, from the lengths of its strings (a
+ * UTF-16 unit takes at most 3 bytes of UTF-8) and of its JSON columns.
+ */
 export function taskSizeBound(task: TaskRow): number {
+  const ids = task.task_id.length + task.tool_name.length + task.tool_call_id.length + task.agent_id.length + task.run_id.length + task.thread_id.length + task.resource_id.length + task.worker_id.length;
   const json = task.args.length + (task.result?.length ?? 0) + (task.error?.length ?? 0) + (task.suspend_payload?.length ?? 0) + (task.resume_data?.length ?? 0);
-  return TASK_FIXED_BYTES + json * WIRE_BYTES_PER_JSON_BYTE;
+  return TASK_SCALARS_BYTES + 3 * ids + json * WIRE_BYTES_PER_JSON_BYTE;
 }
 
 /**
@@ -66,6 +76,26 @@ export function requireTaskFits(task: TaskRow, field: () => string): void {
   if (taskSizeBound(task) <= MAX_TASK_BYTES) return;
   const size = taskBytes(task).length;
   if (size > MAX_TASK_BYTES) throw taskTooLarge(field(), size, task.task_id);
+}
+
+/**
+ * Refuses a batch whose answer, carrying these tasks, would not fit one
+ * response: checked before anything commits, so no dispatch is left without
+ * its answer.
+ */
+export function requireAnswerFits(tasks: TaskRow[]): void {
+  let bound = 0;
+  for (const task of tasks) bound += taskSizeBound(task) + ANSWER_ITEM_BYTES;
+  if (bound <= RESPONSE_BUDGET_BYTES) return;
+  let size = 0;
+  for (const task of tasks) size += taskBytes(task).length + ANSWER_ITEM_BYTES;
+  if (size <= RESPONSE_BUDGET_BYTES) return;
+  throw taskstreamError(
+    Code.InvalidArgument,
+    "RESPONSE_TOO_LARGE",
+    `requests: the answer would take ${size} bytes, over the ${RESPONSE_BUDGET_BYTES} that one response can carry; send fewer per call`,
+    { field: "requests", size: String(size), limit: String(RESPONSE_BUDGET_BYTES) },
+  );
 }
 
 /** Refuses dispatch args too large for a task to hold. */

@@ -19,7 +19,7 @@ import { CountDeltas } from "./status-counts.js";
 import { appendEvents, runningKind, type EventKind } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
 import { GroupCommit, transactionPerWork, type Writer } from "./group-commit.js";
-import { fitTasks, requireTaskFits } from "./size-budget.js";
+import { fitTasks, requireAnswerFits, requireTaskFits } from "./size-budget.js";
 import { errorToColumn, valueToColumn } from "./task-rows.js";
 
 /** What a producer gives to create a task. */
@@ -155,6 +155,8 @@ export class TaskStore {
    */
   async dispatchMany(items: { input: NewTask; claim?: ClaimBy }[]): Promise<ItemOutcome<Dispatched>[]> {
     if (hasLimits(this.limits)) {
+      // Each item commits alone: its answer must be known to fit before any does.
+      requireAnswerFits(items.map(({ input }) => newTaskRow(input, this.clock())));
       const dispatch = ({ input, claim }: (typeof items)[number]) => this.dispatch(input, claim);
       // SQLite's group commit runs concurrent changes in arrival order; on
       // PostgreSQL each commits alone, so the next starts when one is done.
@@ -165,6 +167,7 @@ export class TaskStore {
     }
     return this.transaction(async (tx) => {
       const rows = items.map(({ input }) => newTaskRow(input, tx.now));
+      requireAnswerFits(rows);
       const inserted = await insertNewTaskRows(tx.trx, tx.dialect, rows);
       const created: { task: TaskRow; steps: Step[] }[] = [];
       for (const [i, task] of rows.entries()) {
@@ -181,6 +184,8 @@ export class TaskStore {
         const task = byId.get(row.task_id) ?? (await findDuplicate(tx.trx, items[i].input))!;
         outcomes.push({ ok: true, value: dispatched(task, byId.has(row.task_id), items[i].claim) });
       }
+      // A repeat answers with its task as it is now, maybe larger than what was sent.
+      if (byId.size < rows.length) requireAnswerFits(outcomes.map((outcome) => (outcome as { value: Dispatched }).value.task));
       return outcomes;
     });
   }
