@@ -1,6 +1,9 @@
 /**
  * bench/list-tasks: ListTasks and GetTask latency over a large table, on
- * SQLite and PostgreSQL. Prints the figures and writes them to bench/README.md.
+ * SQLite and PostgreSQL, over gRPC from connect-node, from the Go client
+ * (clients/go/cmd/list-reader, built at the start of each dialect's
+ * measuring; needs Go) and from a bare HTTP/2 client, and straight on
+ * storage. Prints the figures and writes them to bench/README.md.
  *
  *   npm run bench:list-tasks -- [--tasks 1000000] [--dialect sqlite|postgres|both]
  *     [--samples 1000] [--warmup 100] [--deep 10000] [--max-case-seconds 15] [--no-readme]

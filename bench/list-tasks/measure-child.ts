@@ -1,11 +1,14 @@
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
 import BetterSqlite3 from "better-sqlite3";
 import { Kysely, SqliteDialect, sql } from "kysely";
-import { loadavg } from "node:os";
+import { mkdtempSync, rmSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { gunzip, gzip } from "node:zlib";
+import { gunzip } from "node:zlib";
 import type { Task } from "../../gen/taskstream/v1/task_pb.js";
 import {
   GetTaskRequestSchema,
@@ -19,11 +22,13 @@ import { writeTask } from "../../src/storage/task-rows.js";
 import { withEncodedField } from "../../src/service/encoded-response.js";
 import { isPostgresUrl, openDatabase, type Db } from "../../src/storage/connect.js";
 import { getTask, listTasks } from "../../src/storage/task-queries.js";
+import { gzipAnswer } from "../../src/server/grpc-fast-path.js";
 import { cpuSeconds, rssBytes } from "../support/proc-stats.js";
 import { spawnTaskstream } from "../support/server-process.js";
 import { BareGrpcClient } from "./bare-client.js";
 import { listCases, positionAfter, storageQuery, type ListCase, type ListRequest } from "./cases.js";
 import { explainCalls } from "./explain.js";
+import { buildGoListReader, GoListReader, type GoStats } from "./go-client.js";
 import { measure, type MeasureOptions, type Stats } from "./stats.js";
 
 export interface MeasureRequest {
@@ -36,6 +41,8 @@ export interface MeasureRequest {
   samples: number;
   warmup: number;
   maxCaseSeconds: number;
+  /** Node flags for the server process (--cpu-prof and its directory, say). */
+  serverNodeFlags?: string[];
 }
 
 export interface CaseResult {
@@ -46,6 +53,8 @@ export interface CaseResult {
   rpc?: Stats;
   /** The same calls from a bare HTTP/2 client that decodes nothing: the server's and the network's share. */
   bare?: Stats;
+  /** The same calls from the Go client (connect-go, clients/go/cmd/list-reader), decoding into Go types. */
+  go?: GoStats;
   /** listTasks / getTask from src/storage, as the handler calls it. */
   storage?: Stats;
   /** listTasks without the COUNT(*) for total_size (first pages only). */
@@ -63,6 +72,7 @@ export interface Breakdown {
   /** The whole call over gRPC, from the cases, and the same call from the bare HTTP/2 client. */
   call?: Stats;
   bare?: Stats;
+  go?: GoStats;
 }
 
 export interface MeasureResult {
@@ -78,6 +88,8 @@ export interface MeasureResult {
   server: ProcessUsage & { rssAfterStartBytes: number };
   /** This process: the gRPC clients, the storage reader and the breakdown's steps. */
   client: ProcessUsage;
+  /** The Go client's process: its CPU seconds; or why it did not build. */
+  goClient: { cpuSeconds: number } | { error: string };
   seconds: number;
 }
 
@@ -130,14 +142,27 @@ export async function runCases(request: MeasureRequest, log: (line: string) => v
   // defaults (completed and cancelled tasks 1 h, failed 1 day) would have the server
   // deleting nearly the whole table while it is measured.
   const keep = String(60 * 86_400_000);
-  const server = await spawnTaskstream([], [
+  const server = await spawnTaskstream(request.serverNodeFlags ?? [], [
     "--host", "127.0.0.1", "--port", "0", "--database", request.location, "--log-level", "info",
     "--retain-completed-ms", keep, "--retain-failed-ms", keep, "--retain-cancelled-ms", keep,
   ]);
   const db = openReader(request.location);
+  const goDir = mkdtempSync(join(tmpdir(), "taskstream-list-reader-"));
+  let go: GoListReader | { error: string };
   try {
-    return await measureServer(server.url, server.pid, db, request, log, { started, loadBefore });
+    log("  building the Go client (clients/go/cmd/list-reader)");
+    const built = buildGoListReader(join(dirname(fileURLToPath(import.meta.url)), "..", ".."), goDir);
+    if (built.path) {
+      go = new GoListReader(built.path);
+      await go.ready;
+    } else {
+      go = { error: built.error! };
+      log(`  the Go client did not build (${built.error}): no Go column`);
+    }
+    return await measureServer(server.url, server.pid, db, go, request, log, { started, loadBefore });
   } finally {
+    if (go! instanceof GoListReader) await go.stop();
+    rmSync(goDir, { recursive: true, force: true });
     await db.close();
     await server.stop();
   }
@@ -147,10 +172,13 @@ async function measureServer(
   url: string,
   serverPid: number,
   db: Db,
+  go: GoListReader | { error: string },
   request: MeasureRequest,
   log: (line: string) => void,
   run: { started: number; loadBefore: number },
 ): Promise<MeasureResult> {
+  const goReader = go instanceof GoListReader ? go : undefined;
+  const goCpu0 = goReader?.cpuSeconds() ?? 0;
   const rssAfterStartBytes = rssBytes(serverPid);
   const serverUsage = new ServerUsage(serverPid);
   const clientCpu0 = process.cpuUsage();
@@ -257,12 +285,22 @@ async function measureServer(
     // A storage-only deep case matches what its first page counts.
     if (c.storageOnly) totals.push((await listTasks(db.kysely, { ...storageQuery(c.request(0)), limit: 1, countTotal: true })).total!);
     const bare = c.storageOnly ? undefined : await measure((i) => bareList(rpcRequest(i), !c.identity), options);
+    let goStats: GoStats | undefined;
+    if (goReader && !c.storageOnly) {
+      const calls = Array.from({ length: options.warmup + options.samples }, (_, i) =>
+        toJson(ListTasksRequestSchema, create(ListTasksRequestSchema, rpcRequest(i))),
+      );
+      const { stats, firstTaskIds } = await goReader.run(url, "ListTasks", !c.identity, calls, options);
+      if (firstTaskIds.join(",") !== viaStorage.items.map((t) => t.task_id).join(",")) throw new Error(`${c.name}: Go and storage pages differ`);
+      goStats = stats;
+    }
     const pageOnly = walkedTo || c.identity ? undefined : await measure((i) => storageCall(db.kysely, i, false), options);
     const plans = c.identity ? [] : await explainCalls(db, (k) => storageCall(k, 0, !walkedTo));
-    cases.push({ name: c.name, matches: range(totals), rpc, bare, storage, pageOnly, plans });
+    cases.push({ name: c.name, matches: range(totals), rpc, bare, go: goStats, storage, pageOnly, plans });
     log(
       `    gRPC p50 ${rpc?.p50.toFixed(2) ?? "-"} ms, p99 ${rpc?.p99.toFixed(2) ?? "-"} ms; ` +
-        `bare p99 ${bare?.p99.toFixed(2) ?? "-"} ms; storage p99 ${storage?.p99.toFixed(2) ?? "-"} ms`,
+        `bare p50 ${bare?.p50.toFixed(2) ?? "-"} ms, p99 ${bare?.p99.toFixed(2) ?? "-"} ms; ` +
+        `Go p50 ${goStats?.p50.toFixed(2) ?? "-"} ms, p99 ${goStats?.p99.toFixed(2) ?? "-"} ms; storage p99 ${storage?.p99.toFixed(2) ?? "-"} ms`,
     );
   }
 
@@ -272,12 +310,22 @@ async function measureServer(
   const rpc = await measure((i) => gzipClient.getTask({ taskId: id(i) }), options);
   const getPath = "/taskstream.v1.TaskService/GetTask";
   const bare = await measure((i) => bareClient.call(getPath, toBinary(GetTaskRequestSchema, create(GetTaskRequestSchema, { taskId: id(i) })), true), options);
+  let goGet: GoStats | undefined;
+  if (goReader) {
+    const calls = Array.from({ length: options.warmup + options.samples }, (_, i) => toJson(GetTaskRequestSchema, create(GetTaskRequestSchema, { taskId: id(i) })));
+    const { stats, firstTaskIds } = await goReader.run(url, "GetTask", true, calls, options);
+    if (firstTaskIds[0] !== id(0)) throw new Error(`GetTask over Go answered ${firstTaskIds[0]}, not ${id(0)}`);
+    goGet = stats;
+  }
   const storage = await measure(async (i) => {
     if (!(await getTask(db.kysely, id(i)))) throw new Error(`task ${id(i)} not found`);
   }, options);
   const plans = await explainCalls(db, (k) => getTask(k, id(0)));
-  cases.push({ name: "GetTask (random known ids)", matches: "1", rpc, bare, storage, plans });
-  log(`    gRPC p50 ${rpc.p50.toFixed(2)} ms, p99 ${rpc.p99.toFixed(2)} ms; bare p99 ${bare.p99.toFixed(2)} ms`);
+  cases.push({ name: "GetTask (random known ids)", matches: "1", rpc, bare, go: goGet, storage, plans });
+  log(
+    `    gRPC p50 ${rpc.p50.toFixed(2)} ms, p99 ${rpc.p99.toFixed(2)} ms; bare p50 ${bare.p50.toFixed(2)} ms, p99 ${bare.p99.toFixed(2)} ms; ` +
+      `Go p50 ${goGet?.p50.toFixed(2) ?? "-"} ms, p99 ${goGet?.p99.toFixed(2) ?? "-"} ms`,
+  );
 
   const breakdowns: Breakdown[] = [];
   if (deep) breakdowns.push(await breakdown(deep.name, deep.rows, cases.find((c) => c.name === deep!.name)!, true, options));
@@ -307,18 +355,19 @@ async function measureServer(
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
       cpuSeconds: (clientCpu.user + clientCpu.system) / 1e6,
     },
+    goClient: goReader ? { cpuSeconds: goReader.cpuSeconds() - goCpu0 } : { error: (go as { error: string }).error },
     seconds: (performance.now() - run.started) / 1000,
   };
 }
 
-const gzipAsync = promisify(gzip);
 const gunzipAsync = promisify(gunzip);
 
 /**
  * Times each step of answering with these rows, alone: encoding the response
  * as the handler does (tasks written from their rows, sent verbatim by
- * protobuf-es), gzip (async, on the thread pool, as connect-node does it), and
- * the client's gunzip and decoding.
+ * protobuf-es), gzip as the server's fast path does it (gzipAnswer: level 1,
+ * on the event loop up to 64 KiB), and the client's gunzip (async, on the
+ * thread pool, as connect-node does it) and decoding.
  */
 async function breakdown(name: string, rows: TaskRow[], c: CaseResult, list: boolean, options: MeasureOptions): Promise<Breakdown> {
   const encode = () =>
@@ -329,18 +378,18 @@ async function breakdown(name: string, rows: TaskRow[], c: CaseResult, list: boo
         )
       : toBinary(GetTaskResponseSchema, withEncodedField(GetTaskResponseSchema, {}, GetTaskResponseSchema.field.task, rows, writeTask));
   const bytes = encode();
-  const gzipped = await gzipAsync(bytes);
+  const gzipped = await gzipAnswer(bytes);
   const schema = list ? ListTasksResponseSchema : GetTaskResponseSchema;
   const steps: Breakdown["steps"] = [];
   if (c.storage) steps.push({ step: "server: storage query", stats: c.storage });
   steps.push({ step: "server: encode (as the handler)", stats: await measure(async () => encode(), options) });
   // connect-node compresses only messages of 1 KiB or more.
   if (bytes.length >= 1024) {
-    steps.push({ step: "server: gzip (thread pool)", stats: await measure(() => gzipAsync(bytes), options) });
+    steps.push({ step: "server: gzip (level 1, as the server)", stats: await measure(async () => gzipAnswer(bytes), options) });
     steps.push({ step: "client: gunzip (thread pool)", stats: await measure(() => gunzipAsync(gzipped), options) });
   }
   steps.push({ step: "client: fromBinary", stats: await measure(async () => fromBinary(schema, bytes), options) });
-  return { name, tasks: rows.length, bytes: bytes.length, gzippedBytes: bytes.length >= 1024 ? gzipped.length : bytes.length, steps, call: c.rpc, bare: c.bare };
+  return { name, tasks: rows.length, bytes: bytes.length, gzippedBytes: bytes.length >= 1024 ? gzipped.length : bytes.length, steps, call: c.rpc, bare: c.bare, go: c.go };
 }
 
 /** "n", or "median (min–max)" when the case's filter rotates. */

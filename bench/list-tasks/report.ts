@@ -37,13 +37,13 @@ function missesGoal(c: CaseResult, goalMs: number): boolean {
 
 /** The markdown table of one dialect's cases. */
 export function table(report: DialectReport, goalMs: number): string {
-  const cells = (x: Stats | undefined, all: boolean) =>
+  const cells = (x: Pick<Stats, "p50" | "p99" | "max" | "mean"> | undefined, all: boolean) =>
     x === undefined ? (all ? ["–", "–", "–", "–"] : ["–", "–"]) : all ? [ms(x.p50), ms(x.p99), ms(x.max), ms(x.mean)] : [ms(x.p50), ms(x.p99)];
   const gc = (x: Stats | undefined) => (x === undefined ? "–" : `${(x.gc.share * 100).toFixed(1)}%, ${x.gc.slowWithGc} of ${x.gc.slowCalls}`);
   const flag = (c: CaseResult) => (report.dialect === "sqlite" && missesGoal(c, goalMs) ? " ✗" : "");
   const lines = [
-    "| case | matches | n | gRPC p50 | gRPC p99 | gRPC max | gRPC mean | client GC | bare p50 | bare p99 | storage p50 | storage p99 | storage max | storage mean | no COUNT p50 | no COUNT p99 |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| case | matches | n | gRPC p50 | gRPC p99 | gRPC max | gRPC mean | client GC | Go p50 | Go p99 | bare p50 | bare p99 | storage p50 | storage p99 | storage max | storage mean | no COUNT p50 | no COUNT p99 |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ...report.measured.cases.map((c) =>
       [
         `${c.name}${flag(c)}`,
@@ -51,6 +51,7 @@ export function table(report: DialectReport, goalMs: number): string {
         String((c.rpc ?? c.storage)!.n),
         ...cells(c.rpc, true),
         gc(c.rpc),
+        ...cells(c.go, false),
         ...cells(c.bare, false),
         ...cells(c.storage, true),
         ...cells(c.pageOnly, false),
@@ -67,7 +68,7 @@ export function table(report: DialectReport, goalMs: number): string {
 export function breakdownTable(report: DialectReport): string {
   const bs = report.measured.breakdowns;
   const steps = [...new Set(bs.flatMap((b) => b.steps.map((x) => x.step.replace(/ x \d+$/, " x n"))))];
-  const cell = (x: Stats | undefined) => (x ? `${ms(x.p50)} / ${ms(x.mean)}` : "–");
+  const cell = (x: { p50: number; mean: number } | undefined) => (x ? `${ms(x.p50)} / ${ms(x.mean)}` : "–");
   const find = (b: (typeof bs)[number], step: string) => b.steps.find((x) => x.step.replace(/ x \d+$/, " x n") === step)?.stats;
   const sum = (b: (typeof bs)[number]) => b.steps.reduce((a, x) => a + x.stats.p50, 0);
   const header = bs.map((b) => `${b.name}: ${b.tasks} task${b.tasks === 1 ? "" : "s"}, ${(b.bytes / 1024).toFixed(1)} KiB` +
@@ -78,7 +79,8 @@ export function breakdownTable(report: DialectReport): string {
     ...steps.map((step) => `| ${step} | ${bs.map((b) => cell(find(b, step))).join(" | ")} |`),
     `| sum of the steps' p50 | ${bs.map((b) => ms(sum(b))).join(" | ")} |`,
     `| bare HTTP/2 call: server and network, nothing decoded | ${bs.map((b) => cell(b.bare)).join(" | ")} |`,
-    `| the whole gRPC call | ${bs.map((b) => cell(b.call)).join(" | ")} |`,
+    `| the whole gRPC call (connect-node) | ${bs.map((b) => cell(b.call)).join(" | ")} |`,
+    `| the whole gRPC call (Go, connect-go) | ${bs.map((b) => cell(b.go)).join(" | ")} |`,
   ].join("\n");
 }
 
@@ -104,7 +106,12 @@ export function dialectBlock(report: DialectReport, info: RunInfo): string {
       `${mb(m.server.rssBytes)} after the run, ${mb(m.server.peakRssBytes)} peak; ` +
       `${s(m.server.cpuSeconds)} of CPU while measuring (${cores(m.server.cpuSeconds, m.seconds)}). ` +
       `The bench process (the gRPC clients, the storage reader, the breakdown's steps): RSS ${mb(m.client.rssBytes)} after the run, ` +
-      `${mb(m.client.peakRssBytes)} peak; ${s(m.client.cpuSeconds)} of CPU (${cores(m.client.cpuSeconds, m.seconds)}).`,
+      `${mb(m.client.peakRssBytes)} peak; ${s(m.client.cpuSeconds)} of CPU (${cores(m.client.cpuSeconds, m.seconds)}). ` +
+      ("error" in m.goClient
+        ? `The Go client did not build (${m.goClient.error}), so the Go columns are empty.`
+        : `The Go client (\`clients/go/cmd/list-reader\`): ${s(m.goClient.cpuSeconds)} of CPU; its garbage collector ran ` +
+          `${m.cases.reduce((n, c) => n + (c.go?.gcCycles ?? 0), 0)} times during its timed calls, pausing them ` +
+          `${(Math.max(...m.cases.map((c) => c.go?.gcPauseShare ?? 0)) * 100).toFixed(2)}% of the time at most in a case.`),
     `- The server's sweeper (every 250 ms) and retention (every minute, set to keep 60 days) ran throughout; ` +
       `they changed ${m.backgroundEvents === 0 ? "no task" : `tasks (${m.backgroundEvents} events appended)`}.`,
     ...walks.map((w) => `- Walked once to reach the deep page: ${w}.`),
@@ -179,6 +186,10 @@ function sectionText(info: RunInfo, blocks: Record<Dialect, string | undefined>)
       "(HTTP/2, accepting gzip as the default client does; responses over 1 KiB come back gzipped) to the server, " +
       "until the response is decoded into the generated message. **client GC** is the bench process's garbage collection " +
       "during those calls: its pauses' share of the calls' time, and how many of the calls at or above p99 a pause overlapped. " +
+      "**Go** is the same calls from the Go client, `clients/go/cmd/list-reader` (built at the start of the run, in a process " +
+      "of its own): connect-go's gRPC client on one HTTP/2 connection, accepting gzip as it does by default (not for the " +
+      "\"client without gzip\" case), each response decoded into the generated Go types: what the service delivers to a " +
+      "client that decodes fast. " +
       "**bare** is the same calls from a bare HTTP/2 client that sends the request's bytes and reads the response's, " +
       "decoding nothing: the server's and the network's share of a call; gRPC minus bare is the typed client's " +
       "(gunzip, decoding, connect-node). **storage** is `listTasks` / `getTask` from `src/storage/task-queries.ts`, " +
