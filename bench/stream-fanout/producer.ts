@@ -17,6 +17,8 @@ export interface ProduceRequest {
   concurrency: number;
   /** Dispatches per DispatchTasks call at most. */
   batch: number;
+  /** How often the dispatches due are sent, in one call. */
+  tickMs: number;
   agents: number;
   /** Makes tool_call_ids unique across runs on one database. */
   tag: string;
@@ -107,7 +109,7 @@ export async function produce(request: ProduceRequest): Promise<ProduceResult> {
           });
       }
     };
-    const ticker = setInterval(pump, 2);
+    const ticker = setInterval(pump, request.tickMs);
     const finish = setTimeout(function check() {
       if (performance.now() >= endAt && inFlight === 0) {
         clearInterval(ticker);
