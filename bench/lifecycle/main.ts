@@ -24,7 +24,7 @@
  * made one at a time and reported together.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -33,8 +33,8 @@ import { Observer, quantile } from "./observer.js";
 import { Child, cpuSeconds, findPostmaster, machineBusySeconds, machineDescription, treeCpu, treeCpuDelta, RssSampler, sleep } from "./procs.js";
 import { spawnTaskstream as spawnServer } from "../support/server-process.js";
 import type { ProducerConfig, ProducerMessage } from "./producer.js";
-import { summarizeProfile } from "./profile.js";
-import { checksLine, profileMarkdown, resultsTable, settingsLine, writeReadmeSection, type RunResult, type Settings } from "./report.js";
+import { mainThreadProfile, profileText, summarizeProfile } from "../support/cpu-profile.js";
+import { checksLine, resultsTable, settingsLine, writeReadmeSection, type RunResult, type Settings } from "./report.js";
 import type { WorkerConfig, WorkerMessage } from "./worker.js";
 
 const TOOL = "bench-tool";
@@ -216,10 +216,10 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
       if (done.firstError) console.error(`  [${label}] first dispatch error: ${done.firstError}`);
       if (workerStats.firstError) console.error(`  [${label}] first worker error: ${workerStats.firstError}`);
       if (profile) {
-        const file = readdirSync(profileDir).find((f) => f.endsWith(".cpuprofile"));
+        const file = mainThreadProfile(profileDir);
         if (!file) throw new Error(`[${label}] the server wrote no .cpuprofile in ${profileDir}`);
-        result.profile = summarizeProfile(join(profileDir, file));
-        console.error(`  [${label}] server profile: ${join(profileDir, file)}`);
+        result.profile = summarizeProfile(file);
+        console.error(`  [${label}] server profile: ${file}`);
       }
       console.error(
         `  [${label}] ${Math.round(result.tasksPerSecond)} tasks/s end to end, ${Math.round(result.dispatchPerSecond)} dispatch/s, ` +
@@ -294,7 +294,7 @@ function report(all: RunResult[]): void {
     resultsTable(all),
     "",
     ...all.map((r) => `- ${checksLine(r)}`),
-    ...(profiled?.profile ? ["", `#### Server profile (SQLite, ${profiled.settings.tasks.toLocaleString("en-US")} tasks)`, "", profileMarkdown(profiled.profile)] : []),
+    ...(profiled?.profile ? ["", `#### Server profile (SQLite, ${profiled.settings.tasks.toLocaleString("en-US")} tasks)`, "", profileText(profiled.profile)] : []),
   ].join("\n");
   console.log(`\n${block}\n`);
   if (flags.readme) {

@@ -7,13 +7,15 @@
  *
  *   npm run bench:list-tasks -- [--tasks 1000000] [--dialect sqlite|postgres|both]
  *     [--samples 1000] [--warmup 100] [--deep 10000] [--max-case-seconds 15] [--no-readme]
+ *     [--profile]   (the server under node --cpu-prof: slower, so its figures are not the README's)
  */
 import { fork } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { mainThreadProfile, profileText, summarizeProfile } from "../support/cpu-profile.js";
 import { startBenchPostgres } from "../support/postgres.js";
 import type { MeasureRequest, MeasureResult } from "./measure-child.js";
 import { dialectBlock, table, updateReadme, type Dialect, type DialectReport, type RunInfo } from "./report.js";
@@ -33,6 +35,7 @@ const { values } = parseArgs({
     deep: { type: "string", default: "10000" },
     "max-case-seconds": { type: "string", default: "15" },
     "no-readme": { type: "boolean", default: false },
+    profile: { type: "boolean", default: false },
   },
   strict: true,
 });
@@ -47,6 +50,9 @@ const dialects: Dialect[] =
 if (dialects.length === 0) throw new Error(`--dialect: expected sqlite, postgres or both, got "${values.dialect}"`);
 const deep = count("deep", values.deep);
 if (deep * PAGE_SIZE >= tasks) throw new Error(`--deep ${deep} needs more than ${deep * PAGE_SIZE} tasks`);
+
+// A profiled server runs slower: its figures do not go into the README.
+const writeReadme = !values["no-readme"] && !values.profile;
 
 const info: RunInfo = {
   command: ["npm run bench:list-tasks", ...(process.argv.length > 2 ? ["--", ...process.argv.slice(2)] : [])].join(" "),
@@ -96,6 +102,7 @@ async function runDialect(dialect: Dialect): Promise<DialectReport> {
       `  seeding ${(seed.seedMs / 1000).toFixed(1)} s, statistics ${(seed.analyzeMs / 1000).toFixed(1)} s` +
         (seed.flushMs !== undefined ? `, fsync ${(seed.flushMs / 1000).toFixed(1)} s` : ""),
     );
+    const profileDir = values.profile ? mkdtempSync(join(tmpdir(), "taskstream-list-profile-")) : undefined;
     const measured = await inChild<MeasureResult>("measure-child.ts", {
       location,
       tasks,
@@ -106,12 +113,27 @@ async function runDialect(dialect: Dialect): Promise<DialectReport> {
       samples: count("samples", values.samples),
       warmup: count("warmup", values.warmup),
       maxCaseSeconds: count("max-case-seconds", values["max-case-seconds"]),
+      serverNodeFlags: profileDir ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [],
     } satisfies MeasureRequest);
+    if (profileDir) printProfile(profileDir, dialect);
     const { sampleIds: _ids, ...seedFigures } = seed;
     return { dialect, tasks, seed: seedFigures, measured, totalSeconds: (performance.now() - started) / 1000 };
   } finally {
     await cleanup();
   }
+}
+
+/** Prints the summary of the server's CPU profile and keeps the file. */
+function printProfile(dir: string, dialect: Dialect): void {
+  const file = mainThreadProfile(dir);
+  if (!file) {
+    console.error("  no .cpuprofile was written");
+    return;
+  }
+  const kept = join(tmpdir(), `taskstream-list-server-${dialect}-${Date.now()}.cpuprofile`);
+  copyFileSync(file, kept);
+  rmSync(dir, { recursive: true, force: true });
+  console.log(`\n== the server's CPU profile (${dialect}), kept at ${kept}\n\n${profileText(summarizeProfile(kept, 40))}\n`);
 }
 
 const reports: DialectReport[] = [];
@@ -124,7 +146,7 @@ for (const dialect of dialects) {
 }
 console.log(`\n## Summary (${info.command})\n`);
 for (const r of reports) console.log(`### ${r.dialect}\n\n${table(r, GOAL_MS)}\n`);
-if (!values["no-readme"]) {
+if (writeReadme) {
   const readme = join(here, "..", "README.md");
   updateReadme(readme, info, reports);
   console.log(`Wrote ${readme}`);

@@ -18,7 +18,7 @@
  * both in turn (`--client go,node`); the default is go when it builds.
  */
 import { execFileSync, fork, type ChildProcess } from "node:child_process";
-import { copyFileSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -31,7 +31,7 @@ import { buildGoReader, CLIENT_LABEL, goReaders, nodeReaders, type ClientKind, t
 import { PhaseSampler, rssBytes, sleep, waitForQuiet, type PhaseUsage } from "./procs.js";
 import { spawnServer, type Spawned } from "../support/server-process.js";
 import { dispatchShape, type ProduceRequest, type ProduceResult } from "./producer.js";
-import { summarizeProfile } from "./profile.js";
+import { mainThreadProfile, summarizeProfile } from "../support/cpu-profile.js";
 import { printAndWrite, type ClientFigures, type Report, type StepResult } from "./report.js";
 import type { SeedRequest, SeedResult } from "./seed.js";
 
@@ -499,17 +499,14 @@ async function fanoutPhase(database: string, readers: Readers, report: Report, f
 async function profiled(database: string, what: string, report: Report, work: (server: Spawned) => Promise<void>): Promise<void> {
   const profileDir = join(workDir, `profile-${report.profiles.length}`);
   await withCleanup(await startTaskstream(database, ["--cpu-prof", "--cpu-prof-dir", profileDir]), work);
-  // The main thread's profile is the big one; tsx's loader thread writes a small one too.
-  const file = readdirSync(profileDir)
-    .filter((f) => f.endsWith(".cpuprofile"))
-    .sort((a, b) => statSync(join(profileDir, b)).size - statSync(join(profileDir, a)).size)[0];
+  const file = mainThreadProfile(profileDir);
   if (!file) {
     log("  no .cpuprofile was written");
     return;
   }
   // Kept outside the work directory, which is removed at the end.
   const kept = join(tmpdir(), `taskstream-fanout-server-${Date.now()}.cpuprofile`);
-  copyFileSync(join(profileDir, file), kept);
+  copyFileSync(file, kept);
   log(`  profile kept at ${kept}`);
   report.profiles.push({ what, summary: summarizeProfile(kept, 30) });
 }

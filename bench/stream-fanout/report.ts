@@ -2,7 +2,7 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { CLIENT_LABEL, type ClientKind } from "./clients.js";
 import type { PhaseUsage } from "./procs.js";
-import { profileText, type ProfileSummary } from "./profile.js";
+import { profileText, type ProfileSummary } from "../support/cpu-profile.js";
 
 export interface StepResult {
   label: string;

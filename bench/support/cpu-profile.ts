@@ -1,9 +1,12 @@
 /**
  * Summarizes a V8 .cpuprofile (from `node --cpu-prof`): self time per function
  * (callFrame functionName + url), self time per area of the stack, and the
- * inclusive time of the functions that say where a task's time goes.
+ * inclusive time of the functions that say where a call's time goes.
+ *
+ *   npx tsx bench/support/cpu-profile.ts file.cpuprofile [top]   prints a summary
  */
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
 
 interface ProfileNode {
   id: number;
@@ -76,6 +79,8 @@ const INCLUSIVE: { label: string; match: (name: string, url: string) => boolean 
   { label: "EventTail (shared stream tail)", match: (_n, u) => u.includes("/src/fanout/event-tail.ts") },
   { label: "StreamTasks handler", match: (_n, u) => u.includes("/src/service/stream-tasks.ts") },
   { label: "taskFromRow (row -> Task message)", match: (n, u) => n === "taskFromRow" && u.includes("/src/storage/task-rows.ts") },
+  { label: "listTasks (storage query)", match: (n, u) => n === "listTasks" && u.includes("/src/storage/task-queries.ts") },
+  { label: "gRPC fast path (binary calls)", match: (_n, u) => u.includes("/src/server/grpc-fast-path.ts") },
   { label: "kysely compileQuery (SQL text from the query tree)", match: (n, u) => n === "compileQuery" && u.includes("kysely") },
   { label: "kysely executeQuery (driver round trip)", match: (n, u) => n === "executeQuery" && u.includes("kysely") },
   { label: "better-sqlite3 prepare (native, every query)", match: (n, u) => n === "prepare" && u === "" },
@@ -152,4 +157,34 @@ function shortUrl(url: string): string {
   const src = url.search(/\/(src|gen|bench)\//);
   if (src >= 0) return url.slice(src + 1);
   return url;
+}
+
+/** The biggest .cpuprofile in `dir`: the main thread's (tsx's loader thread writes a small one too). */
+export function mainThreadProfile(dir: string): string | undefined {
+  const file = readdirSync(dir)
+    .filter((f) => f.endsWith(".cpuprofile"))
+    .sort((a, b) => statSync(join(dir, b)).size - statSync(join(dir, a)).size)[0];
+  return file && join(dir, file);
+}
+
+/** The summary as markdown tables. */
+export function profileText(s: ProfileSummary): string {
+  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+  const rows = (title: string, list: ProfileRow[], code = false) => [
+    `| ${title} | ms | share of busy |`,
+    "| --- | ---: | ---: |",
+    ...list.map((r) => `| ${code ? `\`${r.name.replaceAll("|", "\\|")}\`` : r.name} | ${r.ms.toFixed(0)} | ${pct(r.share)} |`),
+    "",
+  ];
+  return [
+    `profiled ${(s.totalMs / 1000).toFixed(1)} s, busy ${(s.busyMs / 1000).toFixed(1)} s (${pct(s.busyMs / s.totalMs)})`,
+    "",
+    ...rows("area (self time)", s.areas.filter((r) => r.share >= 0.002)),
+    ...rows("inclusive time (each sample counted once per row)", s.inclusive.filter((r) => r.ms > 0)),
+    ...rows("function (self time)", s.functions, true),
+  ].join("\n");
+}
+
+if (process.argv[1]?.endsWith("cpu-profile.ts") && process.argv[2]) {
+  console.log(profileText(summarizeProfile(process.argv[2], Number(process.argv[3] ?? 25))));
 }
