@@ -20,7 +20,7 @@ import {
 import type { Database, TaskRow } from "../../src/storage/schema.js";
 import { writeTask } from "../../src/storage/task-rows.js";
 import { withEncodedField } from "../../src/service/encoded-response.js";
-import { isPostgresUrl, openDatabase, type Db } from "../../src/storage/connect.js";
+import { isPostgresUrl, openDatabase, withStatementCache, type Db } from "../../src/storage/connect.js";
 import { getTask, listTasks } from "../../src/storage/task-queries.js";
 import { gzipAnswer } from "../../src/server/grpc-fast-path.js";
 import { cpuSeconds, rssBytes } from "../support/proc-stats.js";
@@ -118,15 +118,13 @@ class ServerUsage {
 
 /**
  * The bench's own handle on the server's database, for the storage column:
- * SQLite read-only, with prepared statements reused as the server's
- * connection reuses them; PostgreSQL a pool of its own.
+ * SQLite read-only, with the server's statement cache (prepared statements
+ * reused, rows read as arrays); PostgreSQL a pool of its own.
  */
 function openReader(location: string): Db {
   if (isPostgresUrl(location)) return openDatabase(location);
   const file = new BetterSqlite3(location, { readonly: true });
-  const statements = new Map<string, BetterSqlite3.Statement>();
-  const prepare = (text: string) => statements.get(text) ?? statements.set(text, file.prepare(text)).get(text)!;
-  const kysely = new Kysely<Database>({ dialect: new SqliteDialect({ database: { close: () => file.close(), prepare } }) });
+  const kysely = new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(file) }) });
   return { kysely, dialect: "sqlite", close: () => kysely.destroy() };
 }
 

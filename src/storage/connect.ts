@@ -1,7 +1,7 @@
 import BetterSqlite3 from "better-sqlite3";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { Kysely, PostgresDialect, SqliteDialect, type KyselyConfig, type SqliteDatabase } from "kysely";
+import { Kysely, PostgresDialect, SqliteDialect, type KyselyConfig, type SqliteDatabase, type SqliteStatement } from "kysely";
 import pg from "pg";
 import type { Database } from "./schema.js";
 import { SqliteCheckpointer } from "./sqlite-checkpointer.js";
@@ -117,8 +117,8 @@ function sqliteDatabase(path: string): BetterSqlite3.Database {
  * make a text per length). Kysely runs one query at a time on this
  * connection, so a cached statement is never in use twice.
  */
-function withStatementCache(db: BetterSqlite3.Database, capacity = 500): SqliteDatabase {
-  const cache = new Map<string, BetterSqlite3.Statement>();
+export function withStatementCache(db: BetterSqlite3.Database, capacity = 500): SqliteDatabase {
+  const cache = new Map<string, CachedStatement>();
   return {
     close: () => db.close(),
     prepare(text: string) {
@@ -129,10 +129,40 @@ function withStatementCache(db: BetterSqlite3.Database, capacity = 500): SqliteD
         cache.set(text, cached);
         return cached;
       }
-      const statement = db.prepare(text);
+      const prepared = db.prepare(text);
+      const statement = prepared.reader ? rowsAsObjects(prepared) : prepared;
       cache.set(text, statement);
       if (cache.size > capacity) cache.delete(cache.keys().next().value!);
       return statement;
+    },
+  };
+}
+
+type CachedStatement = SqliteStatement & { readonly busy: boolean };
+
+/**
+ * A reading statement whose rows come from SQLite as arrays and are built
+ * into objects of one fixed shape. better-sqlite3's own row objects get a
+ * property at a time and end up in V8's dictionary mode, slow to build and to
+ * read: a page of 51 tasks (32 columns) took 0.69 ms that way, 0.29 ms as
+ * arrays (better-sqlite3 alone); listTasks' first page 0.83 → 0.44 ms.
+ */
+function rowsAsObjects(statement: BetterSqlite3.Statement): CachedStatement {
+  const names = statement.columns().map((column) => column.name);
+  // A "__proto__" key in an object literal would set the prototype instead.
+  if (names.includes("__proto__")) return statement;
+  statement.raw(true);
+  // Later columns of the same name win, as better-sqlite3's rows have it.
+  const build = new Function("row", `return { ${names.map((name, i) => `${JSON.stringify(name)}: row[${i}]`).join(", ")} };`) as (row: unknown[]) => unknown;
+  return {
+    reader: true,
+    get busy() {
+      return statement.busy;
+    },
+    all: (parameters) => (statement.all(parameters) as unknown[][]).map(build),
+    run: (parameters) => statement.run(parameters),
+    *iterate(parameters) {
+      for (const row of statement.iterate(parameters)) yield build(row as unknown[]);
     },
   };
 }
