@@ -28,7 +28,8 @@ import { spawnTaskstream } from "../support/server-process.js";
 import { BareGrpcClient } from "./bare-client.js";
 import { listCases, positionAfter, storageQuery, type ListCase, type ListRequest } from "./cases.js";
 import { explainCalls } from "./explain.js";
-import { buildGoListReader, GoListReader, type GoStats } from "./go-client.js";
+import { GoListReader, type GoStats } from "./go-client.js";
+import { buildGoCommand } from "../support/go-command.js";
 import { measure, type MeasureOptions, type Stats } from "./stats.js";
 
 export interface MeasureRequest {
@@ -149,7 +150,7 @@ export async function runCases(request: MeasureRequest, log: (line: string) => v
   let go: GoListReader | { error: string };
   try {
     log("  building the Go client (clients/go/cmd/list-reader)");
-    const built = buildGoListReader(join(dirname(fileURLToPath(import.meta.url)), "..", ".."), goDir);
+    const built = buildGoCommand(join(dirname(fileURLToPath(import.meta.url)), "..", ".."), goDir, "list-reader");
     if (built.path) {
       go = new GoListReader(built.path);
       await go.ready;

@@ -17,14 +17,12 @@
  * advertises 2^32-1: staying at or under 100 streams per connection makes no
  * stream wait and opens no extra connection, whatever the peer says.
  */
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { setMaxListeners } from "node:events";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { create, toJson, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { TaskService, StreamTasksRequestSchema } from "../../gen/taskstream/v1/task_service_pb.js";
+import { GoCommand, type GoAnswer } from "../support/go-command.js";
 import { cpuSeconds, Histogram, waitFor } from "./procs.js";
 
 export type ClientKind = "go" | "node";
@@ -258,74 +256,7 @@ export function nodeReaders(): Readers {
 
 // ---- go: clients/go/cmd/stream-reader in a child process ----
 
-/** Builds the Go reader into `dir`; returns its path, or why it could not. */
-export function buildGoReader(root: string, dir: string): { path?: string; error?: string } {
-  const path = join(dir, "stream-reader");
-  try {
-    execFileSync("go", ["build", "-o", path, "./cmd/stream-reader"], { cwd: join(root, "clients", "go"), stdio: ["ignore", "pipe", "pipe"] });
-    return { path };
-  } catch (err) {
-    const e = err as { stderr?: Buffer; message: string };
-    return { error: (e.stderr?.toString().trim() || e.message).split("\n")[0] };
-  }
-}
-
-type Answer = Record<string, unknown> & { ok: boolean; error?: string };
-
-/** The Go reader process, shared by every group of a run. */
-class GoReaderProcess {
-  private readonly child: ChildProcess;
-  private nextId = 1;
-  private readonly pending = new Map<number, (a: Answer) => void>();
-  readonly ready: Promise<void>;
-  private exited = false;
-
-  constructor(path: string) {
-    this.child = spawn(path, [], { stdio: ["pipe", "pipe", "inherit"] });
-    let markReady!: () => void;
-    this.ready = new Promise((r) => (markReady = r));
-    createInterface({ input: this.child.stdout! }).on("line", (line) => {
-      const a = JSON.parse(line) as Answer & { id?: number; msg?: string };
-      if (a.msg === "reader ready") return markReady();
-      const resolve = a.id === undefined ? undefined : this.pending.get(a.id);
-      if (resolve) {
-        this.pending.delete(a.id!);
-        resolve(a);
-      }
-    });
-    this.child.once("exit", (code, signal) => {
-      this.exited = true;
-      for (const resolve of this.pending.values()) resolve({ ok: false, error: `stream-reader exited (${code ?? signal})` });
-      this.pending.clear();
-    });
-  }
-
-  get pid(): number {
-    return this.child.pid!;
-  }
-
-  /** Sends a command; resolves with its answer (ok false included: the caller decides). */
-  send(command: Record<string, unknown>): Promise<Answer> {
-    if (this.exited) return Promise.resolve({ ok: false, error: "stream-reader is not running" });
-    const id = this.nextId++;
-    return new Promise((resolve) => {
-      this.pending.set(id, resolve);
-      this.child.stdin!.write(`${JSON.stringify({ ...command, id })}\n`);
-    });
-  }
-
-  async stop(): Promise<void> {
-    if (this.exited) return;
-    const gone = new Promise<void>((r) => this.child.once("exit", () => r()));
-    await this.send({ cmd: "exit" });
-    this.child.stdin!.end();
-    const t = setTimeout(() => this.child.kill("SIGKILL"), 5000);
-    await gone;
-    clearTimeout(t);
-  }
-}
-
-const toStats = (a: Answer): Stats => ({
+const toStats = (a: GoAnswer): Stats => ({
   deliveries: Number(a.deliveries),
   heartbeats: Number(a.heartbeats),
   live: Number(a.live),
@@ -347,12 +278,12 @@ class GoGroup implements ReaderGroup {
   private measuring = true;
 
   constructor(
-    private readonly proc: GoReaderProcess,
+    private readonly proc: GoCommand,
     private readonly url: string,
     private readonly connections: number,
   ) {}
 
-  private async call(command: Record<string, unknown>): Promise<Answer> {
+  private async call(command: Record<string, unknown>): Promise<GoAnswer> {
     const a = await this.proc.send({ ...command, group: this.name });
     if (!a.ok && a.error) throw new Error(`stream-reader ${String(command.cmd)}: ${a.error}`);
     return a;
@@ -395,7 +326,7 @@ class GoGroup implements ReaderGroup {
 
 /** Starts the Go reader built at `path`. */
 export async function goReaders(path: string): Promise<Readers> {
-  const proc = new GoReaderProcess(path);
+  const proc = new GoCommand(path, "stream-reader");
   await proc.ready;
   return {
     kind: "go",

@@ -4,7 +4,7 @@
  * writes them to the "## stream-fanout" section of bench/README.md.
  *
  *   npm run bench:stream-fanout -- [--quick] [--dialect sqlite|postgres] [--profile] [--no-readme]
- *     [--client go|node|go,node]
+ *     [--client go|node|go,node] [--producer go|node]
  *     [--agents 1000] [--unfiltered 100] [--connections 16] [--idle-streams 10000]
  *     [--streams-per-connection 100] [--snapshot-tasks 100000] [--replay-events 100000]
  *     [--step-seconds 8] [--start-rate 100] [--rate-factor 1.4] [--max-steps 12]
@@ -15,9 +15,12 @@
  * are children; the producer is a child. The stream clients are the Go reader
  * (clients/go/cmd/stream-reader, a child, built at the start of the run), or
  * connect-node's createGrpcTransport in this process (`--client node`), or
- * both in turn (`--client go,node`); the default is go when it builds.
+ * both in turn (`--client go,node`); the default is go when it builds. The
+ * producer is clients/go/cmd/producer (`--producer go`, the default when it
+ * builds) or producer.ts forked (`--producer node`): the same dispatches,
+ * paced the same way; the report's settings line says which ran.
  */
-import { execFileSync, fork, type ChildProcess } from "node:child_process";
+import { execFileSync, fork } from "node:child_process";
 import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
@@ -27,11 +30,20 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
 import { startBenchPostgres } from "../support/postgres.js";
-import { buildGoReader, CLIENT_LABEL, goReaders, nodeReaders, type ClientKind, type ReaderGroup, type Readers, type Request } from "./clients.js";
+import { CLIENT_LABEL, goReaders, nodeReaders, type ClientKind, type ReaderGroup, type Readers, type Request } from "./clients.js";
 import { PhaseSampler, rssBytes, sleep, waitForQuiet, type PhaseUsage } from "./procs.js";
 import { spawnServer, type Spawned } from "../support/server-process.js";
-import { dispatchShape, type ProduceRequest, type ProduceResult } from "./producer.js";
+import {
+  dispatchShape,
+  goProducer,
+  nodeProducer,
+  PRODUCER_LABEL,
+  type ProduceRequest,
+  type ProduceResult,
+  type ProducerProcess,
+} from "./producer.js";
 import { mainThreadProfile, summarizeProfile } from "../support/cpu-profile.js";
+import { buildGoCommand } from "../support/go-command.js";
 import { printAndWrite, type ClientFigures, type Report, type StepResult } from "./report.js";
 import type { SeedRequest, SeedResult } from "./seed.js";
 
@@ -46,6 +58,7 @@ const { values } = parseArgs({
     dialect: { type: "string", default: "sqlite" },
     profile: { type: "boolean", default: false },
     client: { type: "string" },
+    producer: { type: "string" },
     "no-readme": { type: "boolean", default: false },
     "quiet-wait-seconds": { type: "string" },
     "quiet-budget-seconds": { type: "string" },
@@ -129,30 +142,51 @@ function inChild<T>(script: string, message: unknown): Promise<T> {
   });
 }
 
-/** The producer process, kept for the whole fan-out phase. */
+/** The producer process (Go or Node, see producer.ts), kept for the whole fan-out phase. */
 class Producer {
-  private readonly child: ChildProcess = fork(join(here, "producer.ts"), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
   private runs = 0;
 
+  constructor(private readonly proc: ProducerProcess) {}
+
   run(request: Omit<ProduceRequest, "tag" | "agents" | "concurrency" | "batch" | "tickMs"> & { concurrency?: number }): Promise<ProduceResult> {
-    return new Promise((resolve, reject) => {
-      this.child.once("message", (m: { ok: boolean; result?: ProduceResult; error?: string }) =>
-        m.ok ? resolve(m.result!) : reject(new Error(`producer: ${m.error}`)),
-      );
-      this.child.send({
-        concurrency: cfg.concurrency,
-        batch: cfg.dispatchBatch,
-        tickMs: cfg.producerTickMs,
-        ...request,
-        agents: cfg.agents,
-        tag: `p${process.pid}-${Date.now()}-${this.runs++}`,
-      } satisfies ProduceRequest);
-    });
+    return this.proc.run({
+      concurrency: cfg.concurrency,
+      batch: cfg.dispatchBatch,
+      tickMs: cfg.producerTickMs,
+      ...request,
+      agents: cfg.agents,
+      tag: `p${process.pid}-${Date.now()}-${this.runs++}`,
+    } satisfies ProduceRequest);
   }
 
   stop(): void {
-    this.child.kill();
+    this.proc.stop();
   }
+}
+
+/**
+ * The producer to dispatch with: --producer, or go when clients/go/cmd/producer
+ * builds (node otherwise, and the report says why). The report's settings
+ * line names it (in clientNote, which it prints after the stream clients).
+ */
+async function chooseProducer(report: Report): Promise<Producer> {
+  const asked = values.producer?.trim();
+  if (asked !== undefined && asked !== "go" && asked !== "node") throw new Error(`--producer: go or node, not "${asked}"`);
+  let note = "";
+  let proc: ProducerProcess | undefined;
+  if (asked !== "node") {
+    log("building the Go producer (clients/go/cmd/producer)");
+    const built = buildGoCommand(root, workDir, "producer");
+    if (!built.path) {
+      if (asked) throw new Error(`--producer go: the Go producer did not build: ${built.error}`);
+      note = ` (the Go producer did not build: ${built.error}; Node produced instead)`;
+      log(`  the Go producer did not build (${built.error}), so the Node producer runs`);
+    } else proc = await goProducer(built.path);
+  }
+  proc ??= nodeProducer();
+  log(`producer: ${PRODUCER_LABEL[proc.kind]}`);
+  report.clientNote = [report.clientNote, `producer: ${PRODUCER_LABEL[proc.kind]}${note}`].filter(Boolean).join("; ");
+  return new Producer(proc);
 }
 
 /**
@@ -564,7 +598,7 @@ function chooseClients(report: Report): { kinds: ClientKind[]; goPath?: string }
   const kinds = [...new Set((asked ?? ["go"]) as ClientKind[])];
   if (!kinds.includes("go")) return { kinds };
   log("building the Go reader (clients/go/cmd/stream-reader)");
-  const built = buildGoReader(root, workDir);
+  const built = buildGoCommand(root, workDir, "stream-reader");
   if (built.path) return { kinds, goPath: built.path };
   if (asked) throw new Error(`--client go: the Go reader did not build: ${built.error}`);
   report.clientNote = `the Go reader did not build (${built.error}), so the Node client measured`;
@@ -627,7 +661,7 @@ async function main(): Promise<void> {
     }
     if (phases.has("raw")) for (const kind of kinds) await rawPhase(readers.get(kind)!, report.byClient[kind]!);
     if (phases.has("fanout")) {
-      await withCleanup(new Producer(), async (producer) => {
+      await withCleanup(await chooseProducer(report), async (producer) => {
         for (const kind of kinds) await fanoutPhase(database, readers.get(kind)!, report, report.byClient[kind]!, producer);
       });
     }

@@ -4,10 +4,20 @@
  * agent among `agents`, at a steady target rate. The dispatches due at a
  * moment go in one DispatchTasks call (at most `batch` of them), as a
  * producer with work piling up would send them.
+ *
+ * Two of them do exactly this, behind `ProducerProcess`: this file forked
+ * (`node`: connect-node), and clients/go/cmd/producer (`go`: connect-go, the
+ * default when it builds), which costs the 2-core machine less CPU than Node
+ * does, so the load generator steals less from the server and the stream
+ * clients it measures.
  */
+import { fork } from "node:child_process";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { TaskService } from "../../gen/taskstream/v1/task_service_pb.js";
+import { GoCommand } from "../support/go-command.js";
 
 export interface ProduceRequest {
   url: string;
@@ -132,6 +142,63 @@ export async function produce(request: ProduceRequest): Promise<ProduceResult> {
     rpcP50Ms: q(0.5),
     rpcP99Ms: q(0.99),
     cpuCores: (cpu.user + cpu.system) / 1e6 / seconds,
+  };
+}
+
+export type ProducerKind = "go" | "node";
+export const PRODUCER_LABEL: Record<ProducerKind, string> = {
+  go: "Go (connect-go, clients/go/cmd/producer)",
+  node: "Node (connect-node, bench/stream-fanout/producer.ts)",
+};
+
+/** A producer process, kept for a whole phase: one run at a time. */
+export interface ProducerProcess {
+  readonly kind: ProducerKind;
+  run(request: ProduceRequest): Promise<ProduceResult>;
+  stop(): void;
+}
+
+/** This file in a child process. */
+export function nodeProducer(): ProducerProcess {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const child = fork(join(here, "producer.ts"), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  return {
+    kind: "node",
+    run: (request) =>
+      new Promise((resolve, reject) => {
+        child.once("message", (m: { ok: boolean; result?: ProduceResult; error?: string }) =>
+          m.ok ? resolve(m.result!) : reject(new Error(`producer: ${m.error}`)),
+        );
+        child.send(request);
+      }),
+    stop: () => void child.kill(),
+  };
+}
+
+/** The Go producer built at `path`, a child speaking JSON lines (see its main.go). */
+export async function goProducer(path: string): Promise<ProducerProcess> {
+  const program = new GoCommand(path, "producer");
+  await program.ready;
+  // JSON has no NaN: the Go producer sends null for a quantile of no calls.
+  const num = (x: unknown) => (x === null || x === undefined ? NaN : Number(x));
+  return {
+    kind: "go",
+    run: async (request) => {
+      const a = await program.send({ ...request });
+      if (!a.ok || !a.result) throw new Error(`producer: ${a.error ?? "no result"}`);
+      const r = a.result as Record<string, unknown>;
+      return {
+        dispatched: Number(r.dispatched),
+        errors: Number(r.errors),
+        firstError: (r.firstError as string | undefined) || undefined,
+        seconds: Number(r.seconds),
+        lastSequence: Number(r.lastSequence),
+        rpcP50Ms: num(r.rpcP50Ms),
+        rpcP99Ms: num(r.rpcP99Ms),
+        cpuCores: Number(r.cpuCores),
+      };
+    },
+    stop: () => void program.stop(),
   };
 }
 

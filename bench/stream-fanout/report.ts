@@ -306,6 +306,7 @@ npm run bench:stream-fanout                     # full sizes, SQLite, ~6 min
 npm run bench:stream-fanout -- --profile        # and a CPU profile of the server at the max rate
 npm run bench:stream-fanout -- --quick          # small sizes, ~1 min
 npm run bench:stream-fanout -- --client go,node # both stream clients, side by side (twice the time)
+npm run bench:stream-fanout -- --producer node  # the Node producer instead of the Go one
 \`\`\`
 
 How it runs:
@@ -314,7 +315,12 @@ How it runs:
   SQLite file (\`--dialect postgres\`: an embedded PostgreSQL), a child process;
   its RSS is read from \`/proc/<pid>/status\` (VmRSS) every 200 ms and its CPU from
   \`/proc/<pid>/stat\`. The stream clients run in the Go reader's process (or,
-  with \`--client node\`, in the bench's own); the producer is another process.
+  with \`--client node\`, in the bench's own); the producer is another process:
+  \`clients/go/cmd/producer\` (connect-go, built at the start of the run; about
+  0.1 of a core at the top rates), or with \`--producer node\` \`producer.ts\`
+  (connect-node, about 0.3 of a core at any rate), the same calls paced the
+  same way. The Go stream reader reads each response body through an 8 KiB
+  buffer and runs its garbage collector at GOGC=400.
   *cores* columns are CPU seconds per second: 1.00 is one core busy; *client
   cores* count the bench's process and the Go reader's; *other processes* is
   what the rest of the 2-core machine used meanwhile (anything else running,
