@@ -54,6 +54,8 @@ export interface CaseResult {
   rpc?: Stats;
   /** The same calls from a bare HTTP/2 client that decodes nothing: the server's and the network's share. */
   bare?: Stats;
+  /** The server process's CPU per call (ms) during the bare client's calls. */
+  serverCpuMs?: number;
   /** The same calls from the Go client (connect-go, clients/go/cmd/list-reader), decoding into Go types. */
   go?: GoStats;
   /** listTasks / getTask from src/storage, as the handler calls it. */
@@ -283,7 +285,14 @@ async function measureServer(
       : await measure((i) => storageCall(db.kysely, i, !walkedTo), options);
     // A storage-only deep case matches what its first page counts.
     if (c.storageOnly) totals.push((await listTasks(db.kysely, { ...storageQuery(c.request(0)), limit: 1, countTotal: true })).total!);
-    const bare = c.storageOnly ? undefined : await measure((i) => bareList(rpcRequest(i), !c.identity), options);
+    // The server's CPU per call, from /proc over the bare client's calls (warm-up included): its cost alone,
+    // whatever the scheduling of the 2 cores makes of the latency.
+    let bareCalls = 0;
+    const serverCpu0 = cpuSeconds(serverPid);
+    const bare = c.storageOnly
+      ? undefined
+      : await measure((i) => (bareCalls++, bareList(rpcRequest(i), !c.identity)), options);
+    const serverCpuMs = bareCalls ? ((cpuSeconds(serverPid) - serverCpu0) * 1000) / bareCalls : undefined;
     let goStats: GoStats | undefined;
     if (goReader && !c.storageOnly) {
       const calls = Array.from({ length: options.warmup + options.samples }, (_, i) =>
@@ -295,7 +304,7 @@ async function measureServer(
     }
     const pageOnly = walkedTo || c.identity ? undefined : await measure((i) => storageCall(db.kysely, i, false), options);
     const plans = c.identity ? [] : await explainCalls(db, (k) => storageCall(k, 0, !walkedTo));
-    cases.push({ name: c.name, matches: range(totals), rpc, bare, go: goStats, storage, pageOnly, plans });
+    cases.push({ name: c.name, matches: range(totals), rpc, bare, serverCpuMs, go: goStats, storage, pageOnly, plans });
     log(
       `    gRPC p50 ${rpc?.p50.toFixed(2) ?? "-"} ms, p99 ${rpc?.p99.toFixed(2) ?? "-"} ms; ` +
         `bare p50 ${bare?.p50.toFixed(2) ?? "-"} ms, p99 ${bare?.p99.toFixed(2) ?? "-"} ms; ` +

@@ -42,8 +42,8 @@ export function table(report: DialectReport, goalMs: number): string {
   const gc = (x: Stats | undefined) => (x === undefined ? "–" : `${(x.gc.share * 100).toFixed(1)}%, ${x.gc.slowWithGc} of ${x.gc.slowCalls}`);
   const flag = (c: CaseResult) => (report.dialect === "sqlite" && missesGoal(c, goalMs) ? " ✗" : "");
   const lines = [
-    "| case | matches | n | gRPC p50 | gRPC p99 | gRPC max | gRPC mean | client GC | Go p50 | Go p99 | bare p50 | bare p99 | storage p50 | storage p99 | storage max | storage mean | no COUNT p50 | no COUNT p99 |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| case | matches | n | gRPC p50 | gRPC p99 | gRPC max | gRPC mean | client GC | Go p50 | Go p99 | bare p50 | bare p99 | server CPU per call | storage p50 | storage p99 | storage max | storage mean | no COUNT p50 | no COUNT p99 |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ...report.measured.cases.map((c) =>
       [
         `${c.name}${flag(c)}`,
@@ -53,6 +53,7 @@ export function table(report: DialectReport, goalMs: number): string {
         gc(c.rpc),
         ...cells(c.go, false),
         ...cells(c.bare, false),
+        c.serverCpuMs === undefined ? "–" : ms(c.serverCpuMs),
         ...cells(c.storage, true),
         ...cells(c.pageOnly, false),
       ]
@@ -176,6 +177,7 @@ function sectionText(info: RunInfo, blocks: Record<Dialect, string | undefined>)
     "```sh",
     "npm run bench:list-tasks                                   # 1,000,000 tasks, SQLite then PostgreSQL",
     "npm run bench:list-tasks -- --tasks 100000 --dialect sqlite  # quicker; --dialect sqlite|postgres|both",
+    "npm run bench:list-tasks -- --tasks 100000 --dialect sqlite --profile  # and the server's CPU profile (no README)",
     "```",
     "",
     "How to read the tables:",
@@ -192,9 +194,11 @@ function sectionText(info: RunInfo, blocks: Record<Dialect, string | undefined>)
       "client that decodes fast. " +
       "**bare** is the same calls from a bare HTTP/2 client that sends the request's bytes and reads the response's, " +
       "decoding nothing: the server's and the network's share of a call; gRPC minus bare is the typed client's " +
-      "(gunzip, decoding, connect-node). **storage** is `listTasks` / `getTask` from `src/storage/task-queries.ts`, " +
+      "(gunzip, decoding, connect-node). **server CPU per call** is the server process's CPU time (from `/proc`) over " +
+      "the bare client's calls of the case, divided by their number: what a call costs the server, whatever the " +
+      "scheduling of the 2 cores adds to its latency. **storage** is `listTasks` / `getTask` from `src/storage/task-queries.ts`, " +
       "the calls the handler makes, timed in the bench process on a handle of its own on the same database " +
-      "(SQLite opened read-only) while the server is idle. **no COUNT** is the same first-page call without " +
+      "(SQLite opened read-only, through the server's statement cache) while the server is idle. **no COUNT** is the same first-page call without " +
       "`total_size`; the difference is what counting costs.",
     "- **n** is the number of timed calls: 1000, or fewer when a case's calls are slow (each way of calling a case " +
       "stops after 15 s once it has 200).",
