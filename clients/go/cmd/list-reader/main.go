@@ -4,7 +4,7 @@
 //
 // It takes commands as JSON lines on stdin and answers each with one JSON
 // line on stdout carrying the command's id, in order. It starts by printing
-// {"msg":"reader ready"}.
+// {"msg":"list-reader ready"} (the protocol: internal/benchio).
 //
 //	{"id":1,"cmd":"run","url":"http://127.0.0.1:7420","method":"ListTasks","gzip":true,
 //	 "requests":[<ListTasksRequest as JSON>,...],"warmup":100,"samples":1000,"maxMs":15000,"minSamples":200}
@@ -26,13 +26,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"runtime"
 	"time"
 
@@ -40,12 +37,11 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	taskstreamv1 "taskstream.dev/clients/go/gen/taskstream/v1"
+	"taskstream.dev/clients/go/internal/benchio"
 	"taskstream.dev/clients/go/taskstream"
 )
 
 type command struct {
-	ID         int64             `json:"id"`
-	Cmd        string            `json:"cmd"`
 	URL        string            `json:"url"`
 	Method     string            `json:"method"`
 	Gzip       bool              `json:"gzip"`
@@ -54,18 +50,6 @@ type command struct {
 	Samples    int               `json:"samples"`
 	MaxMs      float64           `json:"maxMs"`
 	MinSamples int               `json:"minSamples"`
-}
-
-var out = bufio.NewWriter(os.Stdout)
-
-func reply(v map[string]any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		b = fmt.Appendf(nil, `{"id":%v,"ok":false,"error":%q}`, v["id"], err.Error())
-	}
-	out.Write(b)
-	out.WriteByte('\n')
-	out.Flush()
 }
 
 // clientKey is one connection: the server's URL and whether it accepts gzip.
@@ -81,51 +65,26 @@ func main() {
 			c.Close()
 		}
 	}()
-	reply(map[string]any{"msg": "reader ready", "pid": os.Getpid()})
-	in := bufio.NewReader(os.Stdin)
-	for {
-		line, err := in.ReadBytes('\n')
-		if len(line) > 0 {
-			var c command
-			if jerr := json.Unmarshal(line, &c); jerr != nil {
-				reply(map[string]any{"ok": false, "error": "bad command: " + jerr.Error()})
-				continue
-			}
-			switch c.Cmd {
-			case "run":
-				key := clientKey{c.URL, c.Gzip}
-				client := clients[key]
-				if client == nil {
-					var opts []connect.ClientOption
-					if !c.Gzip {
-						// nil constructors remove gzip: the client no longer accepts it.
-						opts = append(opts, connect.WithAcceptCompression("gzip", nil, nil))
-					}
-					client = taskstream.NewClient(c.URL, opts...)
-					clients[key] = client
-				}
-				r, rerr := run(client, c)
-				if rerr != nil {
-					reply(map[string]any{"id": c.ID, "ok": false, "error": rerr.Error()})
-					continue
-				}
-				r["id"], r["ok"] = c.ID, true
-				reply(r)
-			case "exit":
-				reply(map[string]any{"id": c.ID, "ok": true})
-				return
-			default:
-				reply(map[string]any{"id": c.ID, "ok": false, "error": fmt.Sprintf("unknown command %q", c.Cmd)})
-			}
-		}
-		if err == io.EOF {
+	benchio.Serve("list-reader", func(id int64, cmd string, line []byte) {
+		var c command
+		if err := json.Unmarshal(line, &c); err != nil || cmd != "run" {
+			benchio.Answer(id, nil, fmt.Errorf("bad command %q: %v", cmd, err))
 			return
 		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "list-reader:", err)
-			os.Exit(1)
+		key := clientKey{c.URL, c.Gzip}
+		client := clients[key]
+		if client == nil {
+			var opts []connect.ClientOption
+			if !c.Gzip {
+				// nil constructors remove gzip: the client no longer accepts it.
+				opts = append(opts, connect.WithAcceptCompression("gzip", nil, nil))
+			}
+			client = taskstream.NewClient(c.URL, opts...)
+			clients[key] = client
 		}
-	}
+		r, err := run(client, c)
+		benchio.Answer(id, r, err)
+	})
 }
 
 // caller makes call i of a run and returns the task ids it got.

@@ -6,7 +6,7 @@
 //
 // It takes requests as JSON lines on stdin and answers each, in order, with
 // one JSON line on stdout carrying the request's id. It starts by printing
-// {"msg":"producer ready"}.
+// {"msg":"producer ready"} (the protocol: internal/benchio).
 //
 //	{"id":1,"url":"http://127.0.0.1:7420","rate":200,"seconds":8,"concurrency":32,"batch":50,"tickMs":10,"agents":1000,"tag":"p1-0"}
 //	    {"id":1,"ok":true,"result":{"dispatched":1600,"errors":0,"seconds":8.01,"lastSequence":..,"rpcP50Ms":..,"rpcP99Ms":..,"cpuCores":..}}
@@ -25,17 +25,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
-	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -43,13 +39,12 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	taskstreamv1 "taskstream.dev/clients/go/gen/taskstream/v1"
+	"taskstream.dev/clients/go/internal/benchio"
 	"taskstream.dev/clients/go/taskstream"
 )
 
 // request is producer.ts's ProduceRequest.
 type request struct {
-	ID          int64   `json:"id"`
-	Cmd         string  `json:"cmd"`
 	URL         string  `json:"url"`
 	Rate        float64 `json:"rate"`
 	Seconds     float64 `json:"seconds"`
@@ -72,63 +67,26 @@ type result struct {
 	CPUCores     float64  `json:"cpuCores"`
 }
 
-var out = bufio.NewWriter(os.Stdout)
-
-func reply(v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		b = fmt.Appendf(nil, `{"ok":false,"error":%q}`, err.Error())
-	}
-	out.Write(b)
-	out.WriteByte('\n')
-	out.Flush()
-}
-
 func main() {
 	// One client (one HTTP/2 connection) per server, kept across runs, as producer.ts keeps its transports.
 	clients := map[string]*taskstream.Client{}
-	reply(map[string]any{"msg": "producer ready", "pid": os.Getpid()})
-	in := bufio.NewReader(os.Stdin)
-	for {
-		line, err := in.ReadBytes('\n')
-		if len(line) > 0 {
-			var r request
-			if jerr := json.Unmarshal(line, &r); jerr != nil {
-				reply(map[string]any{"ok": false, "error": "bad request: " + jerr.Error()})
-				continue
-			}
-			if r.Cmd == "exit" {
-				reply(map[string]any{"id": r.ID, "ok": true})
-				return
-			}
-			if r.URL == "" || r.Seconds <= 0 || r.Concurrency < 1 || r.Batch < 1 || r.TickMs <= 0 || r.Agents < 1 || r.Rate < 0 {
-				reply(map[string]any{"id": r.ID, "ok": false, "error": fmt.Sprintf("bad request: %s", line)})
-				continue
-			}
-			client := clients[r.URL]
-			if client == nil {
-				client = taskstream.NewClient(r.URL)
-				clients[r.URL] = client
-			}
-			reply(map[string]any{"id": r.ID, "ok": true, "result": produce(client, r)})
-		}
-		if err == io.EOF {
+	benchio.Serve("producer", func(id int64, _ string, line []byte) {
+		var r request
+		if err := json.Unmarshal(line, &r); err != nil {
+			benchio.Answer(id, nil, fmt.Errorf("bad request: %v", err))
 			return
 		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "producer:", err)
-			os.Exit(1)
+		if r.URL == "" || r.Seconds <= 0 || r.Concurrency < 1 || r.Batch < 1 || r.TickMs <= 0 || r.Agents < 1 || r.Rate < 0 {
+			benchio.Answer(id, nil, fmt.Errorf("bad request: %s", line))
+			return
 		}
-	}
-}
-
-// cpuSeconds is this process's user and system CPU time so far.
-func cpuSeconds() float64 {
-	var u syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
-		return 0
-	}
-	return float64(u.Utime.Nano()+u.Stime.Nano()) / 1e9
+		client := clients[r.URL]
+		if client == nil {
+			client = taskstream.NewClient(r.URL)
+			clients[r.URL] = client
+		}
+		benchio.Answer(id, map[string]any{"result": produce(client, r)}, nil)
+	})
 }
 
 // answer is one DispatchTasks call's outcome, handed back to the pacing loop.
@@ -160,7 +118,7 @@ func dispatch(r *request, n int64) *taskstreamv1.DispatchTaskRequest {
 }
 
 func produce(client *taskstream.Client, r request) result {
-	cpu0 := cpuSeconds()
+	cpu0 := benchio.CPUSeconds()
 	started := time.Now()
 	endAt := started.Add(time.Duration(r.Seconds * float64(time.Second)))
 	answers := make(chan answer, r.Concurrency)
@@ -260,6 +218,6 @@ func produce(client *taskstream.Client, r request) result {
 		LastSequence: seq,
 		RPCP50Ms:     q(0.5),
 		RPCP99Ms:     q(0.99),
-		CPUCores:     (cpuSeconds() - cpu0) / seconds,
+		CPUCores:     (benchio.CPUSeconds() - cpu0) / seconds,
 	}
 }

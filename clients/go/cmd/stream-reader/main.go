@@ -3,7 +3,8 @@
 //
 // It takes commands as JSON lines on stdin and answers each with one JSON
 // line on stdout carrying the command's id (answers to waits may come out of
-// order). It starts by printing {"msg":"reader ready"}.
+// order). It starts by printing {"msg":"stream-reader ready"} (the protocol:
+// internal/benchio).
 //
 //	{"id":1,"cmd":"open","group":"g","url":"http://127.0.0.1:7420","connections":16,"measuring":true,"requests":[<StreamTasksRequest as JSON>,...]}
 //	    opens one stream per request, round-robin over `connections` HTTP/2
@@ -60,12 +61,11 @@ import (
 
 	taskstreamv1 "taskstream.dev/clients/go/gen/taskstream/v1"
 	"taskstream.dev/clients/go/gen/taskstream/v1/taskstreamv1connect"
+	"taskstream.dev/clients/go/internal/benchio"
 	"taskstream.dev/clients/go/taskstream"
 )
 
 type command struct {
-	ID          int64             `json:"id"`
-	Cmd         string            `json:"cmd"`
 	Group       string            `json:"group"`
 	URL         string            `json:"url"`
 	Connections int               `json:"connections"`
@@ -79,23 +79,6 @@ type command struct {
 	Received    *int64            `json:"received"`
 	LastSeq     *int64            `json:"lastSequence"`
 	TimeoutMs   int64             `json:"timeoutMs"`
-}
-
-var (
-	outMu sync.Mutex
-	out   = bufio.NewWriter(os.Stdout)
-)
-
-func reply(v map[string]any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		b = fmt.Appendf(nil, `{"id":%v,"ok":false,"error":%q}`, v["id"], err.Error())
-	}
-	outMu.Lock()
-	defer outMu.Unlock()
-	out.Write(b)
-	out.WriteByte('\n')
-	out.Flush()
 }
 
 func main() {
@@ -126,81 +109,63 @@ func main() {
 		defer mu.Unlock()
 		return groups[name]
 	}
-	reply(map[string]any{"msg": "reader ready", "pid": os.Getpid()})
-	in := bufio.NewReader(os.Stdin)
-	for {
-		line, err := in.ReadBytes('\n')
-		if len(line) > 0 {
-			var c command
-			if jerr := json.Unmarshal(line, &c); jerr != nil {
-				reply(map[string]any{"ok": false, "error": "bad command: " + jerr.Error()})
-				continue
-			}
-			fail := func(err error) { reply(map[string]any{"id": c.ID, "ok": false, "error": err.Error()}) }
-			g := get(c.Group)
-			if c.Cmd != "open" && c.Cmd != "exit" && g == nil {
-				fail(fmt.Errorf("no group %q", c.Group))
-				continue
-			}
-			switch c.Cmd {
-			case "open":
-				if g != nil {
-					fail(fmt.Errorf("group %q is open", c.Group))
-					continue
-				}
-				g, err := openGroup(c)
-				if err != nil {
-					fail(err)
-					continue
-				}
-				mu.Lock()
-				groups[c.Group] = g
-				mu.Unlock()
-				reply(map[string]any{"id": c.ID, "ok": true, "streams": len(g.streams)})
-			case "stats":
-				r := g.stats(c.From, c.To)
-				r["id"], r["ok"] = c.ID, true
-				reply(r)
-			case "latency":
-				r := g.latency.summary()
-				if c.Reset {
-					g.latency.reset()
-				}
-				r["id"], r["ok"] = c.ID, true
-				reply(r)
-			case "measuring":
-				g.measuring.Store(c.On)
-				reply(map[string]any{"id": c.ID, "ok": true})
-			case "wait":
-				go func(c command) {
-					ok := g.wait(c)
-					r := g.stats(c.From, c.To)
-					r["id"], r["ok"] = c.ID, ok
-					reply(r)
-				}(c)
-			case "close":
-				mu.Lock()
-				delete(groups, c.Group)
-				mu.Unlock()
-				go func(c command) {
-					g.close()
-					reply(map[string]any{"id": c.ID, "ok": true})
-				}(c)
-			case "exit":
-				reply(map[string]any{"id": c.ID, "ok": true})
-				return
-			default:
-				fail(fmt.Errorf("unknown command %q", c.Cmd))
-			}
-		}
-		if err == io.EOF {
+	benchio.Serve("stream-reader", func(id int64, cmd string, line []byte) {
+		var c command
+		if err := json.Unmarshal(line, &c); err != nil {
+			benchio.Answer(id, nil, fmt.Errorf("bad command: %v", err))
 			return
 		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "stream-reader:", err)
-			os.Exit(1)
+		fail := func(err error) { benchio.Answer(id, nil, err) }
+		g := get(c.Group)
+		if cmd != "open" && g == nil {
+			fail(fmt.Errorf("no group %q", c.Group))
+			return
 		}
-	}
+		switch cmd {
+		case "open":
+			if g != nil {
+				fail(fmt.Errorf("group %q is open", c.Group))
+				return
+			}
+			g, err := openGroup(c)
+			if err != nil {
+				fail(err)
+				return
+			}
+			mu.Lock()
+			groups[c.Group] = g
+			mu.Unlock()
+			benchio.Answer(id, map[string]any{"streams": len(g.streams)}, nil)
+		case "stats":
+			benchio.Answer(id, g.stats(c.From, c.To), nil)
+		case "latency":
+			r := g.latency.summary()
+			if c.Reset {
+				g.latency.reset()
+			}
+			benchio.Answer(id, r, nil)
+		case "measuring":
+			g.measuring.Store(c.On)
+			benchio.Answer(id, nil, nil)
+		case "wait":
+			go func() {
+				ok := g.wait(c)
+				r := g.stats(c.From, c.To)
+				r["id"], r["ok"] = id, ok
+				benchio.Reply(r)
+			}()
+		case "close":
+			mu.Lock()
+			delete(groups, c.Group)
+			mu.Unlock()
+			go func() {
+				g.close()
+				benchio.Answer(id, nil, nil)
+			}()
+		default:
+			fail(fmt.Errorf("unknown command %q", cmd))
+		}
+	})
 }
 
 // stream is one StreamTasks call's counts. Only its own goroutine writes
