@@ -10,7 +10,7 @@
  *   npm run bench:lifecycle -- [--tasks 100000] [--dialect sqlite|postgres|both]
  *     [--postgres-tasks N] [--worker-loops 8] [--worker-connections 1] [--max-tasks 100]
  *     [--producers 64] [--producer-connections 1] [--agents 16] [--plain-dispatch]
- *     [--dispatch-batch 100] [--complete-batch 100]
+ *     [--dispatch-batch 100] [--complete-batch 100] [--clients go|node]
  *     [--profile] [--profile-only] [--profile-tasks N]
  *     [--readme] [--json out.json] [--from-json a.json,b.json]
  *
@@ -18,6 +18,12 @@
  * (1: DispatchTask per task, as before batch calls existed). --complete-batch
  * N: workers complete each claimed batch with CompleteTasks calls of up to N
  * tasks (1: CompleteTask per task).
+ *
+ * --clients go|node: the workers and producers are the Go programs
+ * clients/go/cmd/lifecycle-worker and lifecycle-producer (connect-go, built at
+ * the start), or worker.ts and producer.ts (connect-node). Both make the same
+ * calls. Default go when they build, node otherwise (the log and the settings
+ * line say so). The observer is Node either way.
  *
  * --json saves the runs' results; --from-json prints (and with --readme
  * writes) the report of saved results instead of running, so long runs can be
@@ -30,12 +36,27 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { startEmbeddedPostgres } from "../../test/support/postgres-global.js";
 import { Observer, quantile } from "./observer.js";
-import { Child, cpuSeconds, findPostmaster, machineBusySeconds, machineDescription, treeCpu, treeCpuDelta, RssSampler, sleep } from "./procs.js";
+import {
+  buildGoClients,
+  CLIENT_LABEL,
+  cpuSeconds,
+  findPostmaster,
+  machineBusySeconds,
+  machineDescription,
+  startProducers,
+  startWorkers,
+  treeCpu,
+  treeCpuDelta,
+  RssSampler,
+  sleep,
+  type ClientKind,
+  type GoPaths,
+} from "./procs.js";
 import { spawnTaskstream as spawnServer } from "../support/server-process.js";
-import type { ProducerConfig, ProducerMessage } from "./producer.js";
+import type { ProducerConfig } from "./producer.js";
 import { mainThreadProfile, profileText, summarizeProfile } from "../support/cpu-profile.js";
 import { checksLine, resultsTable, settingsLine, writeReadmeSection, type RunResult, type Settings } from "./report.js";
-import type { WorkerConfig, WorkerMessage } from "./worker.js";
+import type { WorkerConfig } from "./worker.js";
 
 const TOOL = "bench-tool";
 const COMMAND = `npm run bench:lifecycle -- ${process.argv.slice(2).join(" ")}`.trim();
@@ -57,6 +78,7 @@ const { values: flags } = parseArgs({
     "plain-dispatch": { type: "boolean", default: false },
     "dispatch-batch": { type: "string", default: "100" },
     "complete-batch": { type: "string", default: "100" },
+    clients: { type: "string" },
     profile: { type: "boolean", default: false },
     "profile-only": { type: "boolean", default: false },
     "profile-tasks": { type: "string" },
@@ -89,9 +111,11 @@ const base: Settings = {
   plainDispatch: flags["plain-dispatch"],
   dispatchBatch: int("dispatch-batch", flags["dispatch-batch"]),
   completeBatch: int("complete-batch", flags["complete-batch"]),
+  // Set by main() once it knows whether the Go clients built.
+  clients: "node",
 };
 
-async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: boolean): Promise<RunResult> {
+async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: boolean, go: GoPaths | undefined): Promise<RunResult> {
   const dir = mkdtempSync(join(tmpdir(), "taskstream-lifecycle-"));
   // Kept after the run, for DevTools (its path is printed).
   const profileDir = profile ? mkdtempSync(join(tmpdir(), "taskstream-lifecycle-profile-")) : "";
@@ -125,20 +149,19 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
         plain: settings.plainDispatch,
         batch: settings.dispatchBatch,
       };
-      const worker = new Child<WorkerMessage>("./worker.ts", workerConfig);
-      const producer = new Child<ProducerMessage>("./producer.ts", producerConfig);
-      await Promise.all([worker.next("ready"), producer.next("ready")]);
+      const [worker, producer] = await Promise.all([startWorkers(workerConfig, go), startProducers(producerConfig, go)]);
       // Let the worker loops reach their first long-poll.
       await sleep(500);
 
       const serverCpu0 = cpuSeconds(server.pid);
+      // The workers' CPU over the same span as the server's, from /proc (what they report counts from their start).
+      const workerCpu0 = cpuSeconds(worker.pid);
       const observerCpu0 = process.cpuUsage();
       const machine0 = machineBusySeconds();
       const postmaster = postgres ? findPostmaster(Number(new URL(postgres.url).port)) : undefined;
       const postgresCpu0 = postmaster ? treeCpu(postmaster) : undefined;
       const t0 = performance.now();
-      producer.send({ type: "go" });
-      const dispatched = producer.next("done", 6 * 3_600_000);
+      const dispatched = producer.run(6 * 3_600_000);
       let lastCount = 0;
       let lastChange = performance.now();
       let lastReport = performance.now();
@@ -167,12 +190,12 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
       if (!finished) throw new Error(`[${label}] stalled: ${observer.completed} of ${settings.tasks} completed`);
       const done = await dispatched;
       const serverCpu = cpuSeconds(server.pid) - serverCpu0;
+      const workerCpu = cpuSeconds(worker.pid) - workerCpu0;
       const observerCpu = process.cpuUsage(observerCpu0);
       const machineCpu = machineBusySeconds() - machine0;
       const postgresCpu = postmaster && postgresCpu0 ? treeCpuDelta(postgresCpu0, treeCpu(postmaster)) : 0;
 
-      worker.send({ type: "stop" });
-      const workerStats = await worker.next("stats");
+      const workerStats = await worker.stop();
       await Promise.all([worker.exit(), producer.exit()]);
       const seen = await observer.close();
       const memory = rss.stop();
@@ -201,7 +224,7 @@ async function run(dialect: "sqlite" | "postgres", settings: Settings, profile: 
         serverRssPeakBytes: memory.peak,
         serverRssEndBytes: memory.end,
         serverCores: serverCpu / wallSeconds,
-        workerCores: workerStats.cpuSeconds / wallSeconds,
+        workerCores: workerCpu / wallSeconds,
         producerCores: done.cpuSeconds / wallSeconds,
         observerCores: (observerCpu.user + observerCpu.system) / 1e6 / wallSeconds,
         machineCores: machineCpu / wallSeconds,
@@ -254,20 +277,59 @@ async function main(): Promise<void> {
     for (const { settings } of saved) {
       settings.dispatchBatch ??= 1;
       settings.completeBatch ??= 1;
+      // Results saved before --clients: Node workers and producers.
+      settings.clients ??= "node";
     }
     return report(saved);
   }
+  const goDir = mkdtempSync(join(tmpdir(), "taskstream-lifecycle-go-"));
+  try {
+    await runAll(chooseClients(goDir));
+  } finally {
+    rmSync(goDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The workers and producers to run: --clients, or go when the Go programs
+ * build (node otherwise, said in the log and in every run's settings line).
+ * Returns the Go programs' paths when they run.
+ */
+function chooseClients(dir: string): GoPaths | undefined {
+  const asked = flags.clients?.trim();
+  if (asked !== undefined && asked !== "go" && asked !== "node") throw new Error(`--clients: go or node, not "${asked}"`);
+  let clients: ClientKind = "node";
+  let paths: GoPaths | undefined;
+  if (asked !== "node") {
+    console.error("building the Go workers and producers (clients/go/cmd/lifecycle-worker, lifecycle-producer)");
+    const built = buildGoClients(new URL("../../", import.meta.url).pathname, dir);
+    if (built.paths) {
+      clients = "go";
+      paths = built.paths;
+    } else if (asked === "go") {
+      throw new Error(`--clients go: the Go clients did not build: ${built.error}`);
+    } else {
+      base.clientsNote = `the Go clients did not build (${built.error}), so Node ran`;
+      console.error(`  ${base.clientsNote}`);
+    }
+  }
+  base.clients = clients;
+  console.error(`workers and producers: ${CLIENT_LABEL[clients]}`);
+  return paths;
+}
+
+async function runAll(go: GoPaths | undefined): Promise<void> {
   const results: RunResult[] = [];
   if (!flags["profile-only"]) {
     for (const dialect of dialects) {
       const tasks = dialect === "postgres" && flags["postgres-tasks"] ? int("postgres-tasks", flags["postgres-tasks"]) : base.tasks;
-      results.push(await run(dialect, { ...base, tasks }, false));
+      results.push(await run(dialect, { ...base, tasks }, false, go));
     }
   }
   let profiled: RunResult | undefined;
   if (flags.profile || flags["profile-only"]) {
     const tasks = flags["profile-tasks"] ? int("profile-tasks", flags["profile-tasks"]) : base.tasks;
-    profiled = await run("sqlite", { ...base, tasks }, true);
+    profiled = await run("sqlite", { ...base, tasks }, true, go);
   }
 
   const all = [...results, ...(profiled ? [profiled] : [])];

@@ -3,6 +3,9 @@ import { fork, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { cpuSeconds, rssBytes, sleep } from "../support/proc-stats.js";
+import { buildGoCommand, GoCommand } from "../support/go-command.js";
+import type { ProducerConfig, ProducerMessage } from "./producer.js";
+import type { WorkerConfig, WorkerMessage } from "./worker.js";
 export { cpuSeconds, rssBytes, sleep };
 
 /** A child process running one of this folder's scripts through tsx, spoken to over IPC. */
@@ -128,3 +131,131 @@ export function machineDescription(): string {
   return `${cpu.length} cores (${cpu[0]?.model.trim() ?? "unknown CPU"}), ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Node ${process.version}, ${process.platform}`;
 }
 
+// ---- the workers and producers: Node (worker.ts, producer.ts) or Go (clients/go/cmd/lifecycle-*) ----
+
+export type ClientKind = "go" | "node";
+export const CLIENT_LABEL: Record<ClientKind, string> = {
+  go: "Go (connect-go, clients/go/cmd/lifecycle-worker and lifecycle-producer)",
+  node: "Node (connect-node, bench/lifecycle/worker.ts and producer.ts)",
+};
+
+export type WorkerStats = Omit<Extract<WorkerMessage, { type: "stats" }>, "type">;
+export type ProducerDone = Omit<Extract<ProducerMessage, { type: "done" }>, "type">;
+
+/** The workers' process, its claim loops running once it is returned. */
+export interface Workers {
+  readonly pid: number;
+  /** Stops the loops (the long-polls cancelled) and says what they did. */
+  stop(): Promise<WorkerStats>;
+  /** Waits for (or makes) the process to exit. */
+  exit(): Promise<void>;
+}
+
+/** The producers' process, connections open once it is returned. */
+export interface Producers {
+  readonly pid: number;
+  /** Dispatches every task; resolves when the last call answered. */
+  run(timeoutMs: number): Promise<ProducerDone>;
+  exit(): Promise<void>;
+}
+
+/** The Go programs, built once for the bench's runs. */
+export interface GoPaths {
+  worker: string;
+  producer: string;
+}
+
+/** Builds clients/go/cmd/lifecycle-worker and lifecycle-producer into `dir`: their paths, or why they did not build. */
+export function buildGoClients(root: string, dir: string): { paths?: GoPaths; error?: string } {
+  const worker = buildGoCommand(root, dir, "lifecycle-worker");
+  if (!worker.path) return { error: `lifecycle-worker: ${worker.error}` };
+  const producer = buildGoCommand(root, dir, "lifecycle-producer");
+  if (!producer.path) return { error: `lifecycle-producer: ${producer.error}` };
+  return { paths: { worker: worker.path, producer: producer.path } };
+}
+
+/** Starts the workers: worker.ts in a child, or the Go worker at `go.worker`. */
+export async function startWorkers(config: WorkerConfig, go?: GoPaths): Promise<Workers> {
+  if (!go) {
+    const child = new Child<WorkerMessage>("./worker.ts", config);
+    await child.next("ready");
+    return {
+      pid: child.pid,
+      stop: async () => {
+        child.send({ type: "stop" });
+        const { type: _, ...stats } = await child.next("stats");
+        return stats;
+      },
+      exit: () => child.exit(),
+    };
+  }
+  const program = new GoCommand(go.worker, "lifecycle-worker");
+  await program.ready;
+  await checked(program, "lifecycle-worker", { cmd: "start", ...config });
+  return {
+    pid: program.pid,
+    stop: async () => {
+      const r = (await checked(program, "lifecycle-worker", { cmd: "stop" })) as Record<string, unknown>;
+      return {
+        claimCalls: Number(r.claimCalls),
+        emptyClaims: Number(r.emptyClaims),
+        claimed: Number(r.claimed),
+        completed: Number(r.completed),
+        errors: Number(r.errors),
+        firstError: (r.firstError as string | undefined) || undefined,
+        cpuSeconds: Number(r.cpuSeconds),
+      };
+    },
+    exit: () => program.stop(),
+  };
+}
+
+/** Starts the producers: producer.ts in a child, or the Go producer at `go.producer`. */
+export async function startProducers(config: ProducerConfig, go?: GoPaths): Promise<Producers> {
+  if (!go) {
+    const child = new Child<ProducerMessage>("./producer.ts", config);
+    await child.next("ready");
+    return {
+      pid: child.pid,
+      run: async (timeoutMs) => {
+        child.send({ type: "go" });
+        const { type: _, ...done } = await child.next("done", timeoutMs);
+        return done;
+      },
+      exit: () => child.exit(),
+    };
+  }
+  const program = new GoCommand(go.producer, "lifecycle-producer");
+  await program.ready;
+  await checked(program, "lifecycle-producer", { cmd: "start", ...config });
+  return {
+    pid: program.pid,
+    run: async (timeoutMs) => {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`lifecycle-producer: no answer within ${timeoutMs} ms`)), timeoutMs);
+      });
+      try {
+        const r = (await Promise.race([checked(program, "lifecycle-producer", { cmd: "go" }), timeout])) as Record<string, unknown>;
+        return {
+          startMs: Number(r.startMs),
+          endMs: Number(r.endMs),
+          dispatched: Number(r.dispatched),
+          errors: Number(r.errors),
+          firstError: (r.firstError as string | undefined) || undefined,
+          cpuSeconds: Number(r.cpuSeconds),
+        };
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    exit: () => program.stop(),
+  };
+}
+
+/** A Go program's answer to a command, its result; throws if it was not ok. */
+async function checked(program: GoCommand, label: string, command: Record<string, unknown>): Promise<unknown> {
+  const a = await program.send(command);
+  if (!a.ok) throw new Error(`${label} ${String(command.cmd)}: ${a.error ?? "failed"}`);
+  return a.result;
+}

@@ -5,6 +5,8 @@
  * tool_call_id, run_id, small args), or with `plain` only tool_name and args.
  * With `batch` over 1, each call is a DispatchTasks of `batch` tasks. Reports
  * when the last dispatch answered.
+ * clients/go/cmd/lifecycle-producer is its Go twin (main.ts --clients go):
+ * keep the two sending the same requests.
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";

@@ -1,6 +1,7 @@
 /** Markdown for the lifecycle bench, and its section of bench/README.md. */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import type { ProfileSummary } from "../support/cpu-profile.js";
+import { CLIENT_LABEL, type ClientKind } from "./procs.js";
 
 export interface Settings {
   tasks: number;
@@ -16,6 +17,10 @@ export interface Settings {
   dispatchBatch: number;
   /** Tasks per CompleteTasks call; 1 is CompleteTask per task. */
   completeBatch: number;
+  /** Which workers and producers ran: the Go programs or worker.ts and producer.ts. */
+  clients: ClientKind;
+  /** Why they are not the default (the Go programs did not build), when so. */
+  clientsNote?: string;
 }
 
 export interface RunResult {
@@ -64,6 +69,7 @@ const mib = (n: number) => `${Math.round(n / 2 ** 20)} MiB`;
 
 export function settingsLine(s: Settings): string {
   return (
+    `workers and producers: ${CLIENT_LABEL[s.clients]}${s.clientsNote ? ` (${s.clientsNote})` : ""}; ` +
     `workers: 1 process, ${s.workerLoops} claim loops over ${s.workerConnections} HTTP/2 connection(s), ` +
     `ClaimTasks max_tasks ${s.maxTasks} wait ${s.claimWaitMs} ms, then ` +
     (s.completeBatch > 1
@@ -78,8 +84,9 @@ export function settingsLine(s: Settings): string {
 
 /** Which calls a run made, for its row: batch calls with their sizes, or single calls. */
 function callsLabel(s: Settings): string {
-  if (s.dispatchBatch === 1 && s.completeBatch === 1) return ", single calls";
-  return `, DispatchTasks ×${s.dispatchBatch} / CompleteTasks ×${s.completeBatch}`;
+  const clients = `, ${s.clients === "go" ? "Go" : "Node"} clients`;
+  if (s.dispatchBatch === 1 && s.completeBatch === 1) return `, single calls${clients}`;
+  return `, DispatchTasks ×${s.dispatchBatch} / CompleteTasks ×${s.completeBatch}${clients}`;
 }
 
 /** Machine CPU not used by the bench's processes: other work on the machine (and the kernel). */

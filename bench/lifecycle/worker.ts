@@ -4,6 +4,8 @@
  * `maxTasks` tasks, then completes them all (CompleteTasks calls of up to
  * `completeBatch` tasks, or with 1 CompleteTask per task, issued concurrently),
  * and claims again. Stops on {type: "stop"} and reports counts.
+ * clients/go/cmd/lifecycle-worker is its Go twin (main.ts --clients go): keep
+ * the two making the same calls.
  */
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
