@@ -14,6 +14,8 @@ export interface Settings {
   databaseConnectTimeoutMs: number;
   tlsCert?: string;
   tlsKey?: string;
+  /** Responses this large or larger are compressed for clients that accept it; 0 never compresses. */
+  compressMinBytes: number;
   /** Lease length when a worker names none. */
   leaseMs: number;
   maxLeaseMs: number;
@@ -92,6 +94,13 @@ export const SETTINGS: Record<keyof Settings, SettingSpec> = {
   },
   tlsCert: { flag: "tls-cert", env: "TASKSTREAM_TLS_CERT", help: "PEM certificate file; TLS needs it and --tls-key, or neither", default: "", parse: optional },
   tlsKey: { flag: "tls-key", env: "TASKSTREAM_TLS_KEY", help: "PEM private key file", default: "", parse: optional },
+  compressMinBytes: {
+    flag: "compress-min-bytes",
+    env: "TASKSTREAM_COMPRESS_MIN_BYTES",
+    help: "compress responses this large or larger for clients that accept it (0: never)",
+    default: "1024",
+    parse: nonNegativeInt,
+  },
   leaseMs: { flag: "lease-ms", env: "TASKSTREAM_LEASE_MS", help: "default lease length", default: "30000", parse: ms },
   maxLeaseMs: { flag: "max-lease-ms", env: "TASKSTREAM_MAX_LEASE_MS", help: "longest lease a worker may ask for", default: "600000", parse: ms },
   taskTimeoutMs: {

@@ -227,6 +227,31 @@ describe("one port serves every protocol", () => {
       expect(tiny.body[0], "compressed flag of the message frame").toBe(0);
       expect(fromBinary(GetTaskResponseSchema, tiny.body.subarray(5)).task!.taskId).toBe(smallTaskId);
     });
+
+    it("with --compress-min-bytes 0 compresses no response, over gRPC or Connect, and still takes gzip requests", async () => {
+      const quiet = await startTestServer("sqlite", { compressMinBytes: 0 });
+      try {
+        const gzipped = createGrpcTransport({ baseUrl: quiet.server.url, sendCompression: compressionGzip, compressMinBytes: 0 });
+        const tasks = createClient(TaskService, gzipped);
+        const agent = uniq("uncompressed");
+        for (let i = 0; i < 10; i++) await tasks.dispatchTask({ toolName: "plain", agentId: agent, args: bigArgs(i) });
+
+        const list = toBinary(ListTasksRequestSchema, create(ListTasksRequestSchema, { filter: { agentId: agent }, pageSize: 100 }));
+        const grpcRes = await rawGrpc(quiet.server.url, "/taskstream.v1.TaskService/ListTasks", list, { "grpc-accept-encoding": "gzip" });
+        expect(grpcRes.grpcStatus).toBe(0);
+        expect(grpcRes.headers["grpc-encoding"]).toBeUndefined();
+        expect(grpcRes.body[0], "compressed flag of the message frame").toBe(0);
+        expect(fromBinary(ListTasksResponseSchema, grpcRes.body.subarray(5)).tasks).toHaveLength(10);
+
+        const body = JSON.stringify({ filter: { agentId: agent }, pageSize: 100 });
+        const json = await h1Request(quiet.server.url, "/taskstream.v1.TaskService/ListTasks", body, { "content-type": "application/json", "accept-encoding": "gzip, br" });
+        expect(json.status).toBe(200);
+        expect(json.headers["content-encoding"]).toBeUndefined();
+        expect(JSON.parse(json.body.toString()).tasks).toHaveLength(10);
+      } finally {
+        await quiet.close();
+      }
+    });
   });
 });
 

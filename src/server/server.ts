@@ -24,8 +24,6 @@ import { routes } from "./routes.js";
 
 /** gRPC clients refuse messages over 4 MiB by default; the server holds to the same. */
 export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
-/** Smaller messages cost more to compress than they save. */
-const COMPRESS_MIN_BYTES = 1024;
 
 export interface TaskstreamServer {
   /** Base URL, such as http://127.0.0.1:7420. */
@@ -58,11 +56,13 @@ export async function startServer(settings: Settings, logger: Logger = createLog
   const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0 }, settings };
 
   const shutdown = new AbortController();
+  // 0 turns compression off: no response is that large.
+  const compressMinBytes = settings.compressMinBytes || Number.POSITIVE_INFINITY;
   const connectHandler = connectNodeAdapter({
     routes: routes(deps, health),
     readMaxBytes: MAX_MESSAGE_BYTES,
     writeMaxBytes: MAX_MESSAGE_BYTES,
-    compressMinBytes: COMPRESS_MIN_BYTES,
+    compressMinBytes,
     acceptCompression: [compressionGzip, compressionBrotli],
     shutdownSignal: shutdown.signal,
     fallback: fallbackHandler(deps),
@@ -74,7 +74,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
       [TaskService, taskService(deps)],
       [WorkerService, workerService(deps)],
     ],
-    { maxMessageBytes: MAX_MESSAGE_BYTES, compressMinBytes: COMPRESS_MIN_BYTES, shutdownSignal: shutdown.signal, toConnectError: storageErrorConverter(logger) },
+    { maxMessageBytes: MAX_MESSAGE_BYTES, compressMinBytes, shutdownSignal: shutdown.signal, toConnectError: storageErrorConverter(logger) },
   );
   const tls = settings.tlsCert && settings.tlsKey ? { certFile: settings.tlsCert, keyFile: settings.tlsKey } : undefined;
   const server = await listen(handler, { host: settings.host, port: settings.port, tls });
