@@ -36,8 +36,8 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { startEmbeddedPostgres } from "../../test/support/postgres-global.js";
 import { Observer, quantile } from "./observer.js";
+import { goOrNode } from "../support/go-command.js";
 import {
-  buildGoClients,
   CLIENT_LABEL,
   cpuSeconds,
   findPostmaster,
@@ -49,7 +49,6 @@ import {
   treeCpuDelta,
   RssSampler,
   sleep,
-  type ClientKind,
   type GoPaths,
 } from "./procs.js";
 import { spawnTaskstream as spawnServer } from "../support/server-process.js";
@@ -292,30 +291,16 @@ async function main(): Promise<void> {
 
 /**
  * The workers and producers to run: --clients, or go when the Go programs
- * build (node otherwise, said in the log and in every run's settings line).
- * Returns the Go programs' paths when they run.
+ * build (node otherwise, said in every run's settings line). Returns the Go
+ * programs' paths when they run.
  */
 function chooseClients(dir: string): GoPaths | undefined {
-  const asked = flags.clients?.trim();
-  if (asked !== undefined && asked !== "go" && asked !== "node") throw new Error(`--clients: go or node, not "${asked}"`);
-  let clients: ClientKind = "node";
-  let paths: GoPaths | undefined;
-  if (asked !== "node") {
-    console.error("building the Go workers and producers (clients/go/cmd/lifecycle-worker, lifecycle-producer)");
-    const built = buildGoClients(new URL("../../", import.meta.url).pathname, dir);
-    if (built.paths) {
-      clients = "go";
-      paths = built.paths;
-    } else if (asked === "go") {
-      throw new Error(`--clients go: the Go clients did not build: ${built.error}`);
-    } else {
-      base.clientsNote = `the Go clients did not build (${built.error}), so Node ran`;
-      console.error(`  ${base.clientsNote}`);
-    }
-  }
-  base.clients = clients;
-  console.error(`workers and producers: ${CLIENT_LABEL[clients]}`);
-  return paths;
+  const root = new URL("../../", import.meta.url).pathname;
+  const { paths, note } = goOrNode("clients", flags.clients, root, dir, ["lifecycle-worker", "lifecycle-producer"]);
+  base.clients = paths ? "go" : "node";
+  base.clientsNote = note;
+  console.error(`workers and producers: ${CLIENT_LABEL[base.clients]}`);
+  return paths && { worker: paths["lifecycle-worker"], producer: paths["lifecycle-producer"] };
 }
 
 async function runAll(go: GoPaths | undefined): Promise<void> {

@@ -3,7 +3,7 @@ import { fork, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { cpuSeconds, rssBytes, sleep } from "../support/proc-stats.js";
-import { buildGoCommand, GoCommand } from "../support/go-command.js";
+import { GoCommand } from "../support/go-command.js";
 import type { ProducerConfig, ProducerMessage } from "./producer.js";
 import type { WorkerConfig, WorkerMessage } from "./worker.js";
 export { cpuSeconds, rssBytes, sleep };
@@ -165,15 +165,6 @@ export interface GoPaths {
   producer: string;
 }
 
-/** Builds clients/go/cmd/lifecycle-worker and lifecycle-producer into `dir`: their paths, or why they did not build. */
-export function buildGoClients(root: string, dir: string): { paths?: GoPaths; error?: string } {
-  const worker = buildGoCommand(root, dir, "lifecycle-worker");
-  if (!worker.path) return { error: `lifecycle-worker: ${worker.error}` };
-  const producer = buildGoCommand(root, dir, "lifecycle-producer");
-  if (!producer.path) return { error: `lifecycle-producer: ${producer.error}` };
-  return { paths: { worker: worker.path, producer: producer.path } };
-}
-
 /** Starts the workers: worker.ts in a child, or the Go worker at `go.worker`. */
 export async function startWorkers(config: WorkerConfig, go?: GoPaths): Promise<Workers> {
   if (!go) {
@@ -203,7 +194,6 @@ export async function startWorkers(config: WorkerConfig, go?: GoPaths): Promise<
         completed: Number(r.completed),
         errors: Number(r.errors),
         firstError: (r.firstError as string | undefined) || undefined,
-        cpuSeconds: Number(r.cpuSeconds),
       };
     },
     exit: () => program.stop(),

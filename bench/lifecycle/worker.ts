@@ -32,7 +32,6 @@ export type WorkerMessage =
       completed: number;
       errors: number;
       firstError?: string;
-      cpuSeconds: number;
     };
 
 const config = JSON.parse(process.argv[2]) as WorkerConfig;
@@ -92,8 +91,7 @@ process.on("message", async (message: { type: string }) => {
   if (message.type !== "stop") return;
   stop.abort();
   await Promise.all(loops);
-  const cpu = process.cpuUsage();
-  const out: WorkerMessage = { type: "stats", ...stats, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+  const out: WorkerMessage = { type: "stats", ...stats };
   process.send!(out, () => process.exit(0));
 });
 process.send!({ type: "ready" } satisfies WorkerMessage);

@@ -43,7 +43,7 @@ import {
   type ProducerProcess,
 } from "./producer.js";
 import { mainThreadProfile, summarizeProfile } from "../support/cpu-profile.js";
-import { buildGoCommand } from "../support/go-command.js";
+import { buildGoCommand, goOrNode } from "../support/go-command.js";
 import { printAndWrite, type ClientFigures, type Report, type StepResult } from "./report.js";
 import type { SeedRequest, SeedResult } from "./seed.js";
 
@@ -170,22 +170,10 @@ class Producer {
  * line names it (in clientNote, which it prints after the stream clients).
  */
 async function chooseProducer(report: Report): Promise<Producer> {
-  const asked = values.producer?.trim();
-  if (asked !== undefined && asked !== "go" && asked !== "node") throw new Error(`--producer: go or node, not "${asked}"`);
-  let note = "";
-  let proc: ProducerProcess | undefined;
-  if (asked !== "node") {
-    log("building the Go producer (clients/go/cmd/producer)");
-    const built = buildGoCommand(root, workDir, "producer");
-    if (!built.path) {
-      if (asked) throw new Error(`--producer go: the Go producer did not build: ${built.error}`);
-      note = ` (the Go producer did not build: ${built.error}; Node produced instead)`;
-      log(`  the Go producer did not build (${built.error}), so the Node producer runs`);
-    } else proc = await goProducer(built.path);
-  }
-  proc ??= nodeProducer();
+  const { paths, note } = goOrNode("producer", values.producer, root, workDir, ["producer"]);
+  const proc = paths ? await goProducer(paths.producer) : nodeProducer();
   log(`producer: ${PRODUCER_LABEL[proc.kind]}`);
-  report.clientNote = [report.clientNote, `producer: ${PRODUCER_LABEL[proc.kind]}${note}`].filter(Boolean).join("; ");
+  report.clientNote = [report.clientNote, `producer: ${PRODUCER_LABEL[proc.kind]}${note ? ` (${note})` : ""}`].filter(Boolean).join("; ");
   return new Producer(proc);
 }
 

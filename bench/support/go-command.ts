@@ -78,3 +78,31 @@ export class GoCommand {
     clearTimeout(timer);
   }
 }
+
+/**
+ * For a bench whose load generator is Go programs or their Node twins:
+ * checks the flag's answer (`asked`: "go", "node" or none) and, unless it is
+ * "node", builds the programs `names` into `dir`. Go asked for that does not
+ * build is an error; Go by default falls back to Node, `note` saying why.
+ * `paths` (by name) when Go runs.
+ */
+export function goOrNode(flag: string, asked: string | undefined, root: string, dir: string, names: string[]): { paths?: Record<string, string>; note?: string } {
+  const choice = asked?.trim();
+  if (choice !== undefined && choice !== "go" && choice !== "node") throw new Error(`--${flag}: go or node, not "${choice}"`);
+  if (choice === "node") return {};
+  const what = names.map((name) => `clients/go/cmd/${name}`).join(", ");
+  process.stderr.write(`building ${what}\n`);
+  const paths: Record<string, string> = {};
+  for (const name of names) {
+    const built = buildGoCommand(root, dir, name);
+    if (built.path) {
+      paths[name] = built.path;
+      continue;
+    }
+    if (choice === "go") throw new Error(`--${flag} go: ${name} did not build: ${built.error}`);
+    const note = `${name} did not build (${built.error}), so Node ran`;
+    process.stderr.write(`  ${note}\n`);
+    return { note };
+  }
+  return { paths };
+}

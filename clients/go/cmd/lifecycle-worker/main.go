@@ -10,7 +10,7 @@
 //	{"id":1,"cmd":"start","url":"http://127.0.0.1:7420","toolName":"bench-tool","loops":8,"connections":1,"maxTasks":100,"waitMs":1000,"completeBatch":100}
 //	    {"id":1,"ok":true}
 //	{"id":2,"cmd":"stop"}
-//	    {"id":2,"ok":true,"result":{"claimCalls":309,"emptyClaims":1,"claimed":30000,"completed":30000,"errors":0,"cpuSeconds":1.9}}
+//	    {"id":2,"ok":true,"result":{"claimCalls":309,"emptyClaims":1,"claimed":30000,"completed":30000,"errors":0}}
 //	{"id":3,"cmd":"exit"}
 //
 // start opens `connections` clients (one HTTP/2 connection each) and starts
@@ -23,8 +23,7 @@
 // again. stop cancels the claims in flight, waits for the loops to end and
 // answers the counts. A failed call counts one error, and so does an item of
 // CompleteTasks answered with an error; errors after stop (the cancelled
-// long-polls) do not count. cpuSeconds is this process's CPU time
-// (getrusage) from start to stop.
+// long-polls) do not count. (The bench reads the process's CPU from /proc.)
 package main
 
 import (
@@ -60,13 +59,12 @@ type command struct {
 
 // stats is worker.ts's "stats" message.
 type stats struct {
-	ClaimCalls  int64   `json:"claimCalls"`
-	EmptyClaims int64   `json:"emptyClaims"`
-	Claimed     int64   `json:"claimed"`
-	Completed   int64   `json:"completed"`
-	Errors      int64   `json:"errors"`
-	FirstError  string  `json:"firstError,omitempty"`
-	CPUSeconds  float64 `json:"cpuSeconds"`
+	ClaimCalls  int64  `json:"claimCalls"`
+	EmptyClaims int64  `json:"emptyClaims"`
+	Claimed     int64  `json:"claimed"`
+	Completed   int64  `json:"completed"`
+	Errors      int64  `json:"errors"`
+	FirstError  string `json:"firstError,omitempty"`
 }
 
 func main() {
@@ -103,7 +101,6 @@ type workers struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	loops  sync.WaitGroup
-	cpu0   float64
 
 	claimCalls, emptyClaims, claimed, completed, errs atomic.Int64
 	firstErrorOnce                                    sync.Once
@@ -114,7 +111,7 @@ type workers struct {
 var result = structpb.NewStringValue("ok")
 
 func start(c command) *workers {
-	w := &workers{c: c, cpu0: benchio.CPUSeconds()}
+	w := &workers{c: c}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	clients := make([]*taskstream.Client, c.Connections)
 	for i := range clients {
@@ -209,7 +206,6 @@ func (w *workers) stop() stats {
 		Claimed:     w.claimed.Load(),
 		Completed:   w.completed.Load(),
 		Errors:      w.errs.Load(),
-		CPUSeconds:  benchio.CPUSeconds() - w.cpu0,
 	}
 	w.firstErrorOnce.Do(func() {})
 	s.FirstError = w.firstError
