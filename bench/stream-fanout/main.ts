@@ -3,7 +3,7 @@
  * transport in the same run. Prints figures (it passes or fails nothing) and
  * writes them to the "## stream-fanout" section of bench/README.md.
  *
- *   npm run bench:stream-fanout -- [--quick] [--dialect sqlite|postgres] [--profile] [--no-readme]
+ *   npm run bench:stream-fanout -- [--quick] [--dialect sqlite|postgres] [--profile [--profile-rate N]] [--no-readme]
  *     [--client go|node|go,node] [--producer go|node]
  *     [--agents 1000] [--unfiltered 100] [--connections 16] [--idle-streams 10000]
  *     [--streams-per-connection 100] [--snapshot-tasks 100000] [--replay-events 100000]
@@ -57,6 +57,7 @@ const { values } = parseArgs({
     quick: { type: "boolean", default: false },
     dialect: { type: "string", default: "sqlite" },
     profile: { type: "boolean", default: false },
+    "profile-rate": { type: "string" },
     client: { type: "string" },
     producer: { type: "string" },
     "no-readme": { type: "boolean", default: false },
@@ -502,9 +503,10 @@ async function fanoutPhase(database: string, readers: Readers, report: Report, f
     });
   });
 
-  // The profiler slows the server, so it gets a run of its own at the best sustained rate.
+  // The profiler slows the server, so it gets a run of its own at the best sustained rate (or --profile-rate).
   if (values.profile) {
-    const rate = Math.round(figures.max ? figures.max.targetDispatchPerSec || figures.max.dispatchPerSec : cfg.startRate);
+    const best = figures.max ? figures.max.targetDispatchPerSec || figures.max.dispatchPerSec : cfg.startRate;
+    const rate = Math.round(values["profile-rate"] === undefined ? best : num("profile-rate", best, best));
     const what = `fan-out at ${fmt(rate)} dispatches/s for ${cfg.stepSeconds * 2} s (${who} client)`;
     log(`\n== profile: ${what}`);
     await profiled(database, what, report, async (server) => {

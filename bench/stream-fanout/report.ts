@@ -304,6 +304,7 @@ Figures, not pass/fail.
 \`\`\`sh
 npm run bench:stream-fanout                     # full sizes, SQLite, ~6 min
 npm run bench:stream-fanout -- --profile        # and a CPU profile of the server at the max rate
+npm run bench:stream-fanout -- --phases fanout --profile --profile-rate 100  # ... at 100 dispatches/s
 npm run bench:stream-fanout -- --quick          # small sizes, ~1 min
 npm run bench:stream-fanout -- --client go,node # both stream clients, side by side (twice the time)
 npm run bench:stream-fanout -- --producer node  # the Node producer instead of the Go one
