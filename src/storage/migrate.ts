@@ -6,6 +6,7 @@ import * as taskCounts from "./migrations/2026-11-24T1110-task-counts.js";
 import * as filterStatusIndexes from "./migrations/2026-11-24T1140-filter-status-indexes.js";
 import * as sqliteCountsByWriters from "./migrations/2026-11-24T1500-sqlite-counts-by-writers.js";
 import * as sqliteHourCounts from "./migrations/2026-11-24T1510-sqlite-hour-counts.js";
+import * as sqliteEventsRowid from "./migrations/2026-11-24T2200-sqlite-events-rowid.js";
 
 /** Brings the schema up to date; safe to run at every start, by every replica. */
 export async function migrateToLatest(db: Db): Promise<void> {
@@ -26,6 +27,7 @@ function provider(db: Db): MigrationProvider {
     "2026-11-24T1140-filter-status-indexes": { up: (k) => filterStatusIndexes.up(k, db.dialect) },
     "2026-11-24T1500-sqlite-counts-by-writers": { up: (k) => sqliteCountsByWriters.up(k, db.dialect) },
     "2026-11-24T1510-sqlite-hour-counts": { up: (k) => sqliteHourCounts.up(k, db.dialect) },
+    "2026-11-24T2200-sqlite-events-rowid": { up: (k) => sqliteEventsRowid.up(k, db.dialect) },
   };
   return { getMigrations: async () => migrations };
 }
