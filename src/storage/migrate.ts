@@ -7,15 +7,20 @@ import * as filterStatusIndexes from "./migrations/2026-11-24T1140-filter-status
 import * as sqliteCountsByWriters from "./migrations/2026-11-24T1500-sqlite-counts-by-writers.js";
 import * as sqliteHourCounts from "./migrations/2026-11-24T1510-sqlite-hour-counts.js";
 import * as sqliteEventsRowid from "./migrations/2026-11-24T2200-sqlite-events-rowid.js";
+import * as partialExecutionIndexes from "./migrations/2026-11-24T2230-partial-execution-indexes.js";
 
 /** Brings the schema up to date; safe to run at every start, by every replica. */
 export async function migrateToLatest(db: Db): Promise<void> {
-  const migrator = new Migrator({ db: db.kysely, provider: provider(db) });
-  const { error, results } = await migrator.migrateToLatest();
+  const { error, results } = await migrator(db).migrateToLatest();
   const failed = results?.find((r) => r.status === "Error");
   if (error || failed) {
     throw new Error(`migration ${failed?.migrationName ?? ""} failed: ${String(error)}`, { cause: error });
   }
+}
+
+/** Taskstream's migrations on `db` (tests take a database to an older schema with it). */
+export function migrator(db: Db): Migrator {
+  return new Migrator({ db: db.kysely, provider: provider(db) });
 }
 
 function provider(db: Db): MigrationProvider {
@@ -28,6 +33,7 @@ function provider(db: Db): MigrationProvider {
     "2026-11-24T1500-sqlite-counts-by-writers": { up: (k) => sqliteCountsByWriters.up(k, db.dialect) },
     "2026-11-24T1510-sqlite-hour-counts": { up: (k) => sqliteHourCounts.up(k, db.dialect) },
     "2026-11-24T2200-sqlite-events-rowid": { up: (k) => sqliteEventsRowid.up(k, db.dialect) },
+    "2026-11-24T2230-partial-execution-indexes": { up: (k) => partialExecutionIndexes.up(k, db.dialect) },
   };
   return { getMigrations: async () => migrations };
 }
