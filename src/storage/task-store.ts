@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { newTaskId } from "../domain/task-ids.js";
 import type { JsonObject } from "@bufbuild/protobuf";
 import type { Value } from "@bufbuild/protobuf/wkt";
-import { sql, type ExpressionBuilder, type Transaction } from "kysely";
+import { sql, type ExpressionBuilder, type SqlBool, type Transaction } from "kysely";
 import { create } from "@bufbuild/protobuf";
 import { TaskErrorSchema, TaskStatus, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
 import { agentLimit, hasLimits, SlotCounts, type ConcurrencyLimits } from "../domain/limits.js";
@@ -21,6 +21,15 @@ import type { Database, TaskRow } from "./schema.js";
 import { GroupCommit, transactionPerWork, type Writer } from "./group-commit.js";
 import { fitTasks, requireAnswerFits, requireTaskFits } from "./size-budget.js";
 import { errorToColumn, valueToColumn } from "./task-rows.js";
+
+/**
+ * The conditions of the partial execution indexes (migration
+ * 2026-11-24T2230), as literals: SQLite uses a partial index only for a query
+ * that states its condition, and cannot see it through a bound parameter.
+ */
+const PENDING_ROWS = sql<SqlBool>`status = ${sql.lit(TaskStatus.PENDING)}`;
+const RUNNING_ROWS = sql<SqlBool>`status = ${sql.lit(TaskStatus.RUNNING)}`;
+const ACTIVE_ROWS = sql<SqlBool>`status IN (${sql.lit(TaskStatus.PENDING)}, ${sql.lit(TaskStatus.RUNNING)})`;
 
 /** What a producer gives to create a task. */
 export interface NewTask {
@@ -208,7 +217,7 @@ export class TaskStore {
       let candidates = tx.trx
         .selectFrom("tasks")
         .selectAll()
-        .where("status", "=", TaskStatus.PENDING)
+        .where(PENDING_ROWS)
         .where("ready_time", "<=", tx.now)
         .orderBy("create_time")
         .orderBy("task_id")
@@ -310,15 +319,13 @@ export class TaskStore {
    */
   async expire(limit = 100): Promise<number> {
     const now = this.clock();
-    const due = await this.db.kysely
-      .selectFrom("tasks")
-      .select("task_id")
-      .where("status", "=", TaskStatus.RUNNING)
-      .where((eb) => eb.or([eb("lease_expire_time", "<=", now), eb.and([eb("timeout_time", ">", 0), eb("timeout_time", "<=", now)])]))
-      .limit(limit)
-      .execute();
-    for (const { task_id } of due) await this.change(task_id, expirySteps);
-    return due.length;
+    // One query per index: an OR of both conditions did not use the partial indexes.
+    const running = this.db.kysely.selectFrom("tasks").select("task_id").where(RUNNING_ROWS).limit(limit);
+    const leaseExpired = await running.where("lease_expire_time", "<=", now).execute();
+    const timedOut = await running.where("timeout_time", ">", 0).where("timeout_time", "<=", now).execute();
+    const due = new Set([...leaseExpired, ...timedOut].map((row) => row.task_id));
+    for (const taskId of [...due].slice(0, limit)) await this.change(taskId, expirySteps);
+    return Math.min(due.size, limit);
   }
 
   /**
@@ -377,6 +384,7 @@ export class TaskStore {
     const rows = await tx.trx
       .selectFrom("tasks")
       .select((eb) => ["agent_id", eb.fn.countAll<number | string>().as("n")])
+      .where(ACTIVE_ROWS)
       .where("status", "in", statuses)
       .$if(excludeTaskId !== undefined, (q) => q.where("task_id", "<>", excludeTaskId!))
       .groupBy("agent_id")
