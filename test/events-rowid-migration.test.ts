@@ -3,29 +3,11 @@ import { describe, expect, it } from "vitest";
 import { LogSignal } from "../src/fanout/log-signal.js";
 import { openDatabase } from "../src/storage/connect.js";
 import { migrator } from "../src/storage/migrate.js";
-import { TaskStore, type NewTask } from "../src/storage/task-store.js";
+import { TaskStore } from "../src/storage/task-store.js";
+import { newTask } from "./support/task-row.js";
 import { freshDatabase, startWith, withClients } from "./support/test-server.js";
 
 const BEFORE = "2026-11-24T1510-sqlite-hour-counts";
-
-function newTask(i: number): NewTask {
-  return {
-    requestId: "",
-    toolName: "migrate",
-    toolCallId: "",
-    args: { i },
-    agentId: `agent-${i % 3}`,
-    runId: "",
-    threadId: "",
-    resourceId: "",
-    maxRetries: 0,
-    timeoutMs: 0,
-    retryDelayMs: 1000,
-    retryBackoff: 2,
-    maxRetryDelayMs: 60_000,
-    backpressure: "queue",
-  };
-}
 
 /** A database at the schema before the migration, holding 20 tasks and their 30 events. */
 async function databaseBefore(location: string): Promise<void> {
@@ -34,7 +16,7 @@ async function databaseBefore(location: string): Promise<void> {
     const { error } = await migrator(db).migrateTo(BEFORE);
     if (error) throw error;
     const store = new TaskStore(db, { log: new LogSignal(), pending: new LogSignal() });
-    const dispatched = await store.dispatchMany(Array.from({ length: 20 }, (_, i) => ({ input: newTask(i) })));
+    const dispatched = await store.dispatchMany(Array.from({ length: 20 }, (_, i) => ({ input: newTask({ toolName: "migrate", args: { i }, agentId: `agent-${i % 3}` }) })));
     for (const [i, outcome] of dispatched.entries()) {
       if (!outcome.ok) throw outcome.error;
       if (i % 2) await store.cancel(outcome.value.task.task_id, "stop");

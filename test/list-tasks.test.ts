@@ -5,6 +5,7 @@ import { TaskStatus, type Task } from "../gen/taskstream/v1/task_pb.js";
 import { TaskTimeField, type ListTasksRequestSchema } from "../gen/taskstream/v1/task_service_pb.js";
 import { msFromTimestamp } from "../src/domain/time.js";
 import { expectError } from "./support/expect-error.js";
+import { newTask } from "./support/task-row.js";
 import { DIALECTS, startTestServer, type TestServer } from "./support/test-server.js";
 
 const TASKS = 10_000;
@@ -155,22 +156,17 @@ async function seed(t: TestServer): Promise<Seeded[]> {
     const rows = await Promise.all(
       Array.from({ length: batch }, (_, j) => {
         const i = from + j;
-        return store.dispatch({
-          requestId: "",
-          toolName: `tool-${i % 4}`,
-          toolCallId: `call-${i}`,
-          args: { i },
-          agentId: `agent-${i % 7}`,
-          runId: `run-${i % 13}`,
-          threadId: `thread-${i % 5}`,
-          resourceId: `res-${i % 3}`,
-          maxRetries: 0,
-          timeoutMs: 60_000,
-          retryDelayMs: 1000,
-          retryBackoff: 2,
-          maxRetryDelayMs: 60_000,
-          backpressure: "queue",
-        });
+        return store.dispatch(
+          newTask({
+            toolName: `tool-${i % 4}`,
+            toolCallId: `call-${i}`,
+            args: { i },
+            agentId: `agent-${i % 7}`,
+            runId: `run-${i % 13}`,
+            threadId: `thread-${i % 5}`,
+            resourceId: `res-${i % 3}`,
+          }),
+        );
       }),
     );
     for (const { task } of rows) seeded.push(fromRow(task));

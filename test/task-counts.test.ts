@@ -10,7 +10,7 @@ import * as taskCounts from "../src/storage/migrations/2026-11-24T1110-task-coun
 import * as sqliteCountsByWriters from "../src/storage/migrations/2026-11-24T1500-sqlite-counts-by-writers.js";
 import type { Database, TaskRow } from "../src/storage/schema.js";
 import { countByStatus } from "../src/storage/task-queries.js";
-import { taskRow } from "./support/task-row.js";
+import { newTask, taskRow } from "./support/task-row.js";
 import { DIALECTS, freshDatabase, startTestServer, type TestServer } from "./support/test-server.js";
 
 /**
@@ -226,22 +226,8 @@ for (const dialect of DIALECTS) {
 
       it("stays exact through batch dispatches, completes and fails", async () => {
         const store = t.server.deps.store;
-        const input = (i: number): NewTask => ({
-          requestId: `batch-${i % 80}`,
-          toolName: "batched",
-          toolCallId: "",
-          args: { i },
-          agentId: `agent-${i % 3}`,
-          runId: "",
-          threadId: "",
-          resourceId: "",
-          maxRetries: 1,
-          timeoutMs: 600_000,
-          retryDelayMs: 0,
-          retryBackoff: 2,
-          maxRetryDelayMs: 0,
-          backpressure: "queue",
-        });
+        const input = (i: number): NewTask =>
+          newTask({ requestId: `batch-${i % 80}`, toolName: "batched", args: { i }, agentId: `agent-${i % 3}`, maxRetries: 1, timeoutMs: 600_000, retryDelayMs: 0, maxRetryDelayMs: 0 });
         // 100 dispatches, 20 of them repeating one earlier in the same batch.
         const dispatched = await store.dispatchMany(Array.from({ length: 100 }, (_, i) => ({ input: input(i) })));
         expect(dispatched.filter((d) => d.ok && d.value.created).length).toBe(80);

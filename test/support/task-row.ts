@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
 import type { TaskRow } from "../../src/storage/schema.js";
+import type { NewTask } from "../../src/storage/task-store.js";
 
 /** A stored task row for tests that write or encode rows directly: a fresh pending task, with `overrides`. */
 export function taskRow(overrides: Partial<TaskRow> = {}): TaskRow {
@@ -37,6 +38,27 @@ export function taskRow(overrides: Partial<TaskRow> = {}): TaskRow {
     retry_delay_ms: 1000,
     retry_backoff: 2,
     max_retry_delay_ms: 60_000,
+    ...overrides,
+  };
+}
+
+/** What a dispatch stores, for tests that drive TaskStore directly: a task of tool "tool" with the defaults, and `overrides`. */
+export function newTask(overrides: Partial<NewTask> = {}): NewTask {
+  return {
+    requestId: "",
+    toolName: "tool",
+    toolCallId: "",
+    args: {},
+    agentId: "",
+    runId: "",
+    threadId: "",
+    resourceId: "",
+    maxRetries: 0,
+    timeoutMs: 60_000,
+    retryDelayMs: 1000,
+    retryBackoff: 2,
+    maxRetryDelayMs: 60_000,
+    backpressure: "queue",
     ...overrides,
   };
 }
