@@ -24,10 +24,9 @@ import { errorToColumn, valueToColumn } from "./task-rows.js";
 
 /**
  * The conditions of the partial execution indexes (migration
- * 2026-11-24T2230), as literals: SQLite uses a partial index only for a query
+ * 2026-11-24T2230, the sweeper's and the limits'), as literals: SQLite uses a partial index only for a query
  * that states its condition, and cannot see it through a bound parameter.
  */
-const PENDING_ROWS = sql<SqlBool>`status = ${sql.lit(TaskStatus.PENDING)}`;
 const RUNNING_ROWS = sql<SqlBool>`status = ${sql.lit(TaskStatus.RUNNING)}`;
 const ACTIVE_ROWS = sql<SqlBool>`status IN (${sql.lit(TaskStatus.PENDING)}, ${sql.lit(TaskStatus.RUNNING)})`;
 
@@ -217,7 +216,7 @@ export class TaskStore {
       let candidates = tx.trx
         .selectFrom("tasks")
         .selectAll()
-        .where(PENDING_ROWS)
+        .where("status", "=", TaskStatus.PENDING)
         .where("ready_time", "<=", tx.now)
         .orderBy("create_time")
         .orderBy("task_id")
