@@ -23,8 +23,8 @@ import { fitTasks, requireAnswerFits, requireTaskFits } from "./size-budget.js";
 import { errorToColumn, valueToColumn } from "./task-rows.js";
 
 /**
- * The conditions of the partial execution indexes (migration
- * 2026-11-24T2230, the sweeper's and the limits'), as literals: SQLite uses a partial index only for a query
+ * The conditions of the sweeper's and the limits' partial indexes (migration
+ * 2026-11-24T2230), as literals: SQLite uses a partial index only for a query
  * that states its condition, and cannot see it through a bound parameter.
  */
 const RUNNING_ROWS = sql<SqlBool>`status = ${sql.lit(TaskStatus.RUNNING)}`;
