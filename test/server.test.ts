@@ -141,6 +141,31 @@ describe("one port serves every protocol", () => {
     expect(JSON.parse(h1.body.toString())).toMatchObject({ code: "not_found" });
   });
 
+  it("reports event-loop stalls and garbage collections on GET /metrics", async () => {
+    const scrape = async () => {
+      const text = await (await fetch(`${t.server.url}/metrics`)).text();
+      const value = (name: string) => Number(text.split("\n").find((l) => l.startsWith(`${name} `))?.split(" ")[1]);
+      const over100ms = value("nodejs_eventloop_lag_seconds_count") - value('nodejs_eventloop_lag_seconds_bucket{le="0.1"}');
+      return { over100ms, gcRuns: value("nodejs_gc_runs_total") };
+    };
+    const before = await scrape();
+    // The server shares this process: stall its event loop for 150 ms, from
+    // an I/O callback as a slow handler would, and make garbage.
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        const until = Date.now() + 150;
+        while (Date.now() < until);
+        resolve();
+      }),
+    );
+    const garbage: object[] = [];
+    for (let i = 0; i < 2_000_000; i++) garbage.push({ i });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const after = await scrape();
+    expect(after.over100ms).toBeGreaterThan(before.over100ms);
+    expect(after.gcRuns).toBeGreaterThan(before.gcRuns);
+  });
+
   it("answers grpc.health.v1.Health/Check SERVING for each service", async () => {
     const health = createClient(Health, t.transport("grpc"));
     for (const service of ["", "taskstream.v1.TaskService", "taskstream.v1.WorkerService"]) {

@@ -15,7 +15,7 @@ import { HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/he
 import { PgLogListener } from "../fanout/pg-log-listener.js";
 import { HealthStatus, OVERALL } from "./health.js";
 import { listen } from "./listener.js";
-import { fallbackHandler } from "./metrics.js";
+import { fallbackHandler, RuntimeMetrics } from "./metrics.js";
 import { storageErrorConverter, storageErrors } from "./storage-errors.js";
 import { withGrpcFastPath } from "./grpc-fast-path.js";
 import { taskService } from "../service/task-service.js";
@@ -55,6 +55,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
   const listener = db.dialect === "postgres" ? listenForOtherReplicas(settings, { log: logSignal, pending: pendingSignal }, health, logger) : undefined;
   const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0 }, settings };
 
+  const runtime = new RuntimeMetrics();
   const shutdown = new AbortController();
   // 0 turns compression off: no response is that large.
   const compressMinBytes = settings.compressMinBytes || Number.POSITIVE_INFINITY;
@@ -65,7 +66,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     compressMinBytes,
     acceptCompression: [compressionGzip, compressionBrotli],
     shutdownSignal: shutdown.signal,
-    fallback: fallbackHandler(deps),
+    fallback: fallbackHandler(deps, runtime),
     interceptors: [storageErrors(logger)],
   });
   const handler = withGrpcFastPath(
@@ -78,6 +79,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
   );
   const tls = settings.tlsCert && settings.tlsKey ? { certFile: settings.tlsCert, keyFile: settings.tlsKey } : undefined;
   const server = await listen(handler, { host: settings.host, port: settings.port, tls });
+  runtime.start();
   const url = `${tls ? "https" : "http"}://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${server.port}`;
   logger.info("taskstream listening", { url, database: describeLocation(settings.database), dialect: db.dialect, tls: !!tls });
 
@@ -92,6 +94,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
       await maintenance.stop();
       await tail.close();
       await db.close();
+      runtime.stop();
       logger.info("taskstream stopped");
     })());
   return { url, port: server.port, deps, health, close };
