@@ -74,7 +74,10 @@ describe("three replicas on one PostgreSQL", () => {
     const dispatcher = async (d: number) => {
       for (let i = d; i < tasks; i += 3) {
         // A request_id makes a dispatch retried after an ambiguous failure create one task.
-        await onAny((r) => r.clients.tasks(d % 2 ? "grpc" : "connect").dispatchTask({ requestId: `${label}-${i}`, toolName: "t", agentId: pick(AGENTS) }), d);
+        // A claim the killed replica committed but never answered holds its task until the
+        // lease expires; a retry then runs it again, as in any deployment that kills replicas.
+        const retry = { maxRetries: 2, retryPolicy: { initialDelay: { nanos: 10_000_000 } } };
+        await onAny((r) => r.clients.tasks(d % 2 ? "grpc" : "connect").dispatchTask({ requestId: `${label}-${i}`, toolName: "t", agentId: pick(AGENTS), ...retry }), d);
         dispatched++;
         if (i % 10 === 0) await sleep(5);
       }
@@ -89,7 +92,7 @@ describe("three replicas on one PostgreSQL", () => {
     };
     const worker = async (w: number) => {
       for (;;) {
-        const { tasks: claimed } = await onAny((r) => r.clients.workers().claimTasks({ workerId: `w${w}`, maxTasks: 3, wait: { nanos: 200_000_000 }, leaseDuration: { seconds: 30n } }), w);
+        const { tasks: claimed } = await onAny((r) => r.clients.workers().claimTasks({ workerId: `w${w}`, maxTasks: 3, wait: { nanos: 200_000_000 }, leaseDuration: { seconds: 3n } }), w);
         for (const { task, lease } of claimed) {
           const ids = { taskId: task!.taskId, leaseId: lease!.leaseId };
           await onAny((r) => r.clients.workers().reportOutput({ ...ids, output: { kind: { case: "numberValue", value: w } } }), w).catch(() => {});
