@@ -146,7 +146,11 @@ describe("one port serves every protocol", () => {
       const text = await (await fetch(`${t.server.url}/metrics`)).text();
       const value = (name: string) => Number(text.split("\n").find((l) => l.startsWith(`${name} `))?.split(" ")[1]);
       const over100ms = value("nodejs_eventloop_lag_seconds_count") - value('nodejs_eventloop_lag_seconds_bucket{le="0.1"}');
-      return { over100ms, gcRuns: value("nodejs_gc_runs_total") };
+      const gcRuns = text
+        .split("\n")
+        .filter((l) => l.startsWith("nodejs_gc_duration_seconds_count{"))
+        .reduce((sum, l) => sum + Number(l.split(" ")[1]), 0);
+      return { over100ms, gcRuns };
     };
     const before = await scrape();
     // The server shares this process: stall its event loop for 150 ms, from
@@ -164,6 +168,31 @@ describe("one port serves every protocol", () => {
     const after = await scrape();
     expect(after.over100ms).toBeGreaterThan(before.over100ms);
     expect(after.gcRuns).toBeGreaterThan(before.gcRuns);
+  });
+
+  it("reports on GET /metrics how long after its commit the log tail handed each event to the streams", async () => {
+    const scrape = async () => {
+      const text = await (await fetch(`${t.server.url}/metrics`)).text();
+      const value = (name: string) => Number(text.split("\n").find((l) => l.startsWith(`${name} `))?.split(" ")[1]);
+      return {
+        count: value("taskstream_tail_handoff_lag_seconds_count"),
+        sum: value("taskstream_tail_handoff_lag_seconds_sum"),
+        under1s: value('taskstream_tail_handoff_lag_seconds_bucket{le="1"}'),
+        head: value("taskstream_log_last_sequence"),
+      };
+    };
+    const before = await scrape();
+    for (let i = 0; i < 5; i++) await t.tasks().dispatchTask({ toolName: "handoff", agentId: uniq("handoff") });
+    let after = await scrape();
+    for (let i = 0; i < 100 && after.head < before.head + 5; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      after = await scrape();
+    }
+    // A queued event per task, each handed over once, within a second of its commit here.
+    expect(after.head).toBeGreaterThanOrEqual(before.head + 5);
+    expect(after.count - before.count).toBe(after.head - before.head);
+    expect(after.under1s - before.under1s).toBe(after.head - before.head);
+    expect(after.sum).toBeGreaterThanOrEqual(before.sum);
   });
 
   it("answers grpc.health.v1.Health/Check SERVING for each service", async () => {

@@ -5,6 +5,7 @@ import type { EventFilter, LogEntry } from "../src/storage/event-log.js";
 const filter = (f: Partial<EventFilter>): EventFilter => ({ agentId: "", runId: "", threadId: "", resourceId: "", taskId: "", toolName: "", ...f });
 const entry = (sequence: number, f: Partial<LogEntry>): LogEntry => ({
   sequence,
+  eventTime: 0,
   taskId: "t",
   toolName: "tool",
   agentId: "a",

@@ -1,3 +1,4 @@
+import { Histogram } from "../histogram.js";
 import type { Db } from "../storage/connect.js";
 import { logBounds, matchesFilter, readLogEntries, type EventFilter, type LogEntry } from "../storage/event-log.js";
 import type { LogSignal } from "./log-signal.js";
@@ -37,6 +38,12 @@ export class EventTail {
   private readonly stop = new AbortController();
   private running?: Promise<void>;
   private readonly waiters = new StreamWaiters();
+  /**
+   * From an event's commit (its event_time: when its transaction began, by the
+   * writer's clock) to the tail handing it to the streams caught up with the
+   * log: the server's share of a live event's latency, per event.
+   */
+  readonly handOffLag = new Histogram([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]);
 
   constructor(
     private readonly db: Db,
@@ -131,7 +138,13 @@ export class EventTail {
       this.head = full ? entries[entries.length - 1].sequence : target;
       this.trim();
       this.waiters.arrived(entries);
+      this.recordHandOff(entries);
     }
+  }
+
+  private recordHandOff(entries: readonly LogEntry[]): void {
+    const now = Date.now();
+    for (const entry of entries) this.handOffLag.observe(Math.max(0, now - entry.eventTime) / 1000);
   }
 
   /** Drops the oldest events once the window is a quarter over size, in bulk to keep it cheap. */

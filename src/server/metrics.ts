@@ -1,10 +1,19 @@
-import { PerformanceObserver } from "node:perf_hooks";
+import { PerformanceObserver, constants, type PerformanceEntry } from "node:perf_hooks";
 import type { ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
+import { Histogram, histogramHeader } from "../histogram.js";
 import type { ServiceDeps } from "../service/deps.js";
 
 /** Upper bounds of the event-loop lag histogram's buckets, in seconds. */
 const LAG_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 const LAG_SAMPLE_MS = 10;
+const GC_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+/** The kinds of collection, as prom-client names them. */
+const GC_KINDS: Record<number, string> = {
+  [constants.NODE_PERFORMANCE_GC_MINOR]: "minor",
+  [constants.NODE_PERFORMANCE_GC_MAJOR]: "major",
+  [constants.NODE_PERFORMANCE_GC_INCREMENTAL]: "incremental",
+  [constants.NODE_PERFORMANCE_GC_WEAKCB]: "weakcb",
+};
 
 /**
  * How the event loop and the garbage collector fare. The server runs on one
@@ -14,23 +23,18 @@ const LAG_SAMPLE_MS = 10;
  * setImmediate callbacks: a 150 ms one read as 10 ms.)
  */
 export class RuntimeMetrics {
-  private readonly lagCounts = new Array<number>(LAG_BUCKETS.length + 1).fill(0);
-  private lagSum = 0;
+  private readonly lag = new Histogram(LAG_BUCKETS);
   private sampler: NodeJS.Timeout | undefined;
-  private gcRuns = 0;
-  private gcSeconds = 0;
+  private readonly gcByKind = new Map<string, Histogram>();
   private readonly gcObserver = new PerformanceObserver((list) => {
-    for (const entry of list.getEntries()) {
-      this.gcRuns++;
-      this.gcSeconds += entry.duration / 1000;
-    }
+    for (const entry of list.getEntries()) this.recordGc(entry);
   });
 
   start(): void {
     let last = performance.now();
     this.sampler = setInterval(() => {
       const now = performance.now();
-      this.recordLag(Math.max(0, now - last - LAG_SAMPLE_MS) / 1000);
+      this.lag.observe(Math.max(0, now - last - LAG_SAMPLE_MS) / 1000);
       last = now;
     }, LAG_SAMPLE_MS).unref();
     this.gcObserver.observe({ entryTypes: ["gc"] });
@@ -43,31 +47,18 @@ export class RuntimeMetrics {
 
   /** The Prometheus text of these metrics. */
   text(): string {
-    let cumulative = 0;
-    const buckets = [...LAG_BUCKETS.map(String), "+Inf"].map((le, i) => {
-      cumulative += this.lagCounts[i];
-      return `nodejs_eventloop_lag_seconds_bucket{le="${le}"} ${cumulative}`;
-    });
-    const lines = [
-      `# HELP nodejs_eventloop_lag_seconds How late a timer due every ${LAG_SAMPLE_MS} ms fired.`,
-      "# TYPE nodejs_eventloop_lag_seconds histogram",
-      ...buckets,
-      `nodejs_eventloop_lag_seconds_sum ${this.lagSum}`,
-      `nodejs_eventloop_lag_seconds_count ${cumulative}`,
-      "# HELP nodejs_gc_runs_total Garbage collections since the server started.",
-      "# TYPE nodejs_gc_runs_total counter",
-      `nodejs_gc_runs_total ${this.gcRuns}`,
-      "# HELP nodejs_gc_seconds_total Time spent in garbage collection since the server started.",
-      "# TYPE nodejs_gc_seconds_total counter",
-      `nodejs_gc_seconds_total ${this.gcSeconds}`,
+    const gc = [
+      ...histogramHeader("nodejs_gc_duration_seconds", "Garbage collections by kind, and how long each took."),
+      ...[...this.gcByKind].flatMap(([kind, histogram]) => histogram.series("nodejs_gc_duration_seconds", `kind="${kind}"`)),
     ];
-    return `${lines.join("\n")}\n`;
+    return this.lag.text("nodejs_eventloop_lag_seconds", `How late a timer due every ${LAG_SAMPLE_MS} ms fired.`) + `${gc.join("\n")}\n`;
   }
 
-  private recordLag(seconds: number): void {
-    const bucket = LAG_BUCKETS.findIndex((le) => seconds <= le);
-    this.lagCounts[bucket === -1 ? LAG_BUCKETS.length : bucket]++;
-    this.lagSum += seconds;
+  private recordGc(entry: PerformanceEntry): void {
+    const kind = GC_KINDS[(entry.detail as { kind?: number } | undefined)?.kind ?? -1] ?? "other";
+    let histogram = this.gcByKind.get(kind);
+    if (!histogram) this.gcByKind.set(kind, (histogram = new Histogram(GC_BUCKETS)));
+    histogram.observe(entry.duration / 1000);
   }
 }
 
@@ -81,7 +72,11 @@ export function metricsText(deps: ServiceDeps): string {
     ["taskstream_claim_waiters", "ClaimTasks calls long-polling for work.", deps.pendingSignal.waiterCount],
     ["process_resident_memory_bytes", "Resident memory of this process.", process.memoryUsage.rss()],
   ];
-  return gauges.map(([name, help, value]) => `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name} ${value}\n`).join("");
+  const handOff = deps.tail.handOffLag.text(
+    "taskstream_tail_handoff_lag_seconds",
+    "From an event's commit (its transaction's start) to this process's log tail handing it to live streams.",
+  );
+  return gauges.map(([name, help, value]) => `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name} ${value}\n`).join("") + handOff;
 }
 
 /** Answers what is not an RPC: GET /metrics, and 404 for anything else. */

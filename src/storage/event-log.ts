@@ -93,6 +93,8 @@ export type EventIdentity = Pick<TaskEvent, "taskId" | "toolName" | "agentId" | 
 /** One event as the log holds it: its identity, to filter on, and its encoding, to send as is. */
 export interface LogEntry extends EventIdentity {
   sequence: number;
+  /** When the writing transaction began, ms since the epoch, by the writer's clock. */
+  eventTime: number;
   /** The binary TaskEvent, encoded once when it was appended. */
   payload: Uint8Array;
 }
@@ -116,7 +118,7 @@ export async function readLogEntries(
 ): Promise<LogEntry[]> {
   let select = db
     .selectFrom("events")
-    .select(["sequence", "task_id", "tool_name", "agent_id", "run_id", "thread_id", "resource_id", "payload"])
+    .select(["sequence", "task_id", "tool_name", "agent_id", "run_id", "thread_id", "resource_id", "event_time", "payload"])
     .where("sequence", ">", query.after);
   if (query.through !== undefined) select = select.where("sequence", "<=", query.through);
   for (const [column, value] of filterColumns(query.filter)) select = select.where(column, "=", value);
@@ -125,9 +127,10 @@ export async function readLogEntries(
 }
 
 /** A log entry from an events row's identity columns and payload. */
-export function logEntry(row: Pick<EventRow, "sequence" | "task_id" | "tool_name" | "agent_id" | "run_id" | "thread_id" | "resource_id" | "payload">): LogEntry {
+export function logEntry(row: Pick<EventRow, "sequence" | "task_id" | "tool_name" | "agent_id" | "run_id" | "thread_id" | "resource_id" | "event_time" | "payload">): LogEntry {
   return {
     sequence: row.sequence,
+    eventTime: Number(row.event_time),
     taskId: row.task_id,
     toolName: row.tool_name,
     agentId: row.agent_id,
