@@ -33,6 +33,7 @@ import { startBenchPostgres } from "../support/postgres.js";
 import { CLIENT_LABEL, goReaders, nodeReaders, type ClientKind, type ReaderGroup, type Readers, type Request } from "./clients.js";
 import { PhaseSampler, rssBytes, sleep, waitForQuiet, type PhaseUsage } from "./procs.js";
 import { spawnServer, type Spawned } from "../support/server-process.js";
+import { loopDelta, loopMetrics } from "../support/proc-stats.js";
 import {
   dispatchShape,
   goProducer,
@@ -44,7 +45,7 @@ import {
 } from "./producer.js";
 import { mainThreadProfile, summarizeProfile } from "../support/cpu-profile.js";
 import { buildGoCommand, goOrNode } from "../support/go-command.js";
-import { printAndWrite, type ClientFigures, type Report, type StepResult } from "./report.js";
+import { printAndWrite, type ClientFigures, type RawResult, type Report, type StepResult } from "./report.js";
 import type { SeedRequest, SeedResult } from "./seed.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -127,6 +128,7 @@ if (cfg.replayEvents > 2 * cfg.snapshotTasks) throw new Error("--replay-events: 
 const command = ["npm run bench:stream-fanout", ...(process.argv.length > 2 ? ["--", ...process.argv.slice(2)] : [])].join(" ");
 const log = (line: string) => process.stderr.write(`${line}\n`);
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
+const pct = (part: number, whole: number) => `${((100 * part) / Math.max(1, whole)).toFixed(2)}%`;
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 
 /** Runs a bench script in a child process and returns its one answer. */
@@ -191,8 +193,10 @@ function startTaskstream(database: string, nodeFlags: string[] = []): Promise<Sp
   return spawnServer(process.execPath, args, "taskstream listening", "taskstream");
 }
 
-function startRaw(mode: "h2" | "connect"): Promise<Spawned> {
-  return spawnServer(process.execPath, ["--import", "tsx", join(here, "raw-server.ts"), "--mode", mode, "--agents", String(cfg.agents)], "raw listening", `raw-${mode}`);
+/** The raw server (see raw-server.ts): as fast as the clients take events, or `eventsPerSec`. */
+function startRaw(mode: "h2" | "connect", eventsPerSec = 0): Promise<Spawned> {
+  const args = ["--import", "tsx", join(here, "raw-server.ts"), "--mode", mode, "--agents", String(cfg.agents), "--rate", String(eventsPerSec)];
+  return spawnServer(process.execPath, args, "raw listening", `raw-${mode}`);
 }
 
 /** The fan-out streams: `unfiltered` with no filter, one per agent filtered to it; all live only. */
@@ -399,6 +403,28 @@ async function rawPhase(readers: Readers, figures: ClientFigures): Promise<void>
 }
 
 /**
+ * The raw transport paced at taskstream's half-rate event rate, same streams:
+ * the latency the transport, the clients and this machine add on their own.
+ */
+async function rawAtRate(readers: Readers, eventsPerSec: number): Promise<RawResult> {
+  const rate = Math.round(eventsPerSec);
+  log(`\n== raw transport (h2) paced at ${fmt(rate)} events/s, ${CLIENT_LABEL[readers.kind]} client, ${cfg.halfSeconds} s`);
+  await quiet(`raw at ${fmt(rate)} events/s (${readers.kind})`);
+  let result: RawResult | undefined;
+  await withCleanup(await startRaw("h2", rate), async (raw) => {
+    const group = await openFanout(readers, raw.url);
+    const m = await measureWindow(readers, group, raw.pid, cfg.halfSeconds, async () => undefined, async () => {});
+    await group.close();
+    result = { mode: "h2", pacedEventsPerSec: rate, deliveriesPerSec: m.deliveriesPerSec, p50: m.p50, p99: m.p99, usage: m.usage, orderErrors: m.orderErrors };
+    log(
+      `  ${fmt(m.deliveriesPerSec)} deliveries/s; p50 ${m.p50} ms, p99 ${m.p99} ms, max ${m.max} ms; server ${m.usage.serverCores.toFixed(2)} cores, ` +
+        `clients ${m.usage.clientCores.toFixed(2)} cores, machine ${m.usage.machineCores.toFixed(2)} cores`,
+    );
+  });
+  return result!;
+}
+
+/**
  * On a fresh server: writes alone (first client only), then the rate ladder
  * with one client's fan-out streams open, flat out, and half the best rate;
  * then the profile.
@@ -437,7 +463,9 @@ async function fanoutPhase(database: string, readers: Readers, report: Report, f
 
       const step = async (rate: number, seconds: number, label?: string): Promise<StepResult> => {
         await quiet(`the step ${label ?? `${fmt(rate)}/s`} (${readers.kind})`);
+        const loop0 = await loopMetrics(server.url);
         const m = await measureWindow(readers, group, server.pid, seconds, () => producer.run({ url: server.url, rate, seconds }), caughtUp);
+        const loop = loopDelta(loop0, await loopMetrics(server.url));
         const p = m.produced!;
         const dispatchPerSec = p.dispatched / p.seconds;
         const expected = 2 * dispatchPerSec * perEvent;
@@ -454,6 +482,7 @@ async function fanoutPhase(database: string, readers: Readers, report: Report, f
           drainMs: m.drainMs,
           rpcP99: p.rpcP99Ms,
           usage: m.usage,
+          loop,
           producerCores: p.cpuCores,
           errors: p.errors,
           orderErrors: m.orderErrors,
@@ -464,7 +493,11 @@ async function fanoutPhase(database: string, readers: Readers, report: Report, f
           `  ${result.label.padEnd(9)} ${fmt(result.eventsPerSec).padStart(6)} events/s -> ${fmt(m.deliveriesPerSec).padStart(8)} deliveries/s ` +
             `(expected ${fmt(expected)}); p50 ${m.p50} ms, p99 ${m.p99} ms, max ${m.max} ms; drain ${m.drainMs.toFixed(0)} ms; ` +
             `server ${m.usage.serverCores.toFixed(2)}, clients ${m.usage.clientCores.toFixed(2)}, producer ${p.cpuCores.toFixed(2)}, ` +
-            `machine ${m.usage.machineCores.toFixed(2)} cores; RSS ${mib(m.usage.rssMaxBytes)}${result.sustained ? "" : "  (not sustained)"}`,
+            `machine ${m.usage.machineCores.toFixed(2)} cores; RSS ${mib(m.usage.rssMaxBytes)}${result.sustained ? "" : "  (not sustained)"}\n` +
+            `            server loop: ${loop.lateOver50} timer firings > 50 ms late (${loop.lateOver100} > 100 ms) of ${fmt(loop.samples)}; ` +
+            `tail handed ${fmt(loop.handOffs)} events to streams, ${pct(loop.handOffsOver25, loop.handOffs)} > 25 ms and ` +
+            `${pct(loop.handOffsOver50, loop.handOffs)} > 50 ms after commit; ` +
+            `GC ${loop.gcRuns} runs (${loop.gcMajor} major, ${loop.gcOver25} over 25 ms), ${(loop.gcSeconds * 1000).toFixed(0)} ms; main thread waited for a CPU ${(m.usage.serverRunQueueShare * 100).toFixed(1)}% of the time`,
         );
         if (p.errors) log(`  ${p.errors} producer errors, first: ${p.firstError}`);
         return result;
@@ -499,6 +532,7 @@ async function fanoutPhase(database: string, readers: Readers, report: Report, f
         log(`\n== half the maximum rate, ${who} client: ${fmt(halfRate)} dispatches/s for ${cfg.halfSeconds} s`);
         figures.half = await step(halfRate, cfg.halfSeconds, `half: ${fmt(halfRate)}/s`);
       }
+      if (figures.half) figures.rawAtHalf = await rawAtRate(readers, figures.half.eventsPerSec);
       report.rss.push({ phase: `fan-out, ${who} client (max over all steps)`, bytes: Math.max(...steps.map((s) => s.usage.rssMaxBytes)) });
     });
   });

@@ -1,6 +1,6 @@
 /** Child processes of the bench: sampling RSS and CPU from /proc (spawning: ../support/server-process.ts). */
 import { readFileSync } from "node:fs";
-import { cpuSeconds, rssBytes, sleep } from "../support/proc-stats.js";
+import { cpuSeconds, rssBytes, schedStat, sleep } from "../support/proc-stats.js";
 export { cpuSeconds, rssBytes, sleep };
 
 /** Busy and total jiffies of the whole machine, from /proc/stat. */
@@ -21,6 +21,8 @@ export interface PhaseUsage {
   machineCores: number;
   rssMaxBytes: number;
   rssEndBytes: number;
+  /** Share of the time the server's main thread was runnable but waiting for a CPU (starved by other threads or processes). */
+  serverRunQueueShare: number;
 }
 
 /**
@@ -34,6 +36,7 @@ export class PhaseSampler {
   private serverCpu0 = 0;
   private clientCpu0 = process.cpuUsage();
   private machine0 = machineTicks();
+  private sched0 = { runNs: 0, waitNs: 0 };
 
   constructor(private readonly pid: number) {}
 
@@ -42,6 +45,7 @@ export class PhaseSampler {
     this.serverCpu0 = cpuSeconds(this.pid);
     this.clientCpu0 = process.cpuUsage();
     this.machine0 = machineTicks();
+    this.sched0 = schedStat(this.pid);
     this.rssMax = rssBytes(this.pid);
     this.timer = setInterval(() => (this.rssMax = Math.max(this.rssMax, rssBytes(this.pid))), 200);
     return this;
@@ -61,6 +65,7 @@ export class PhaseSampler {
       machineCores: ((machine.busy - this.machine0.busy) / Math.max(1, machine.total - this.machine0.total)) * cores,
       rssMaxBytes: Math.max(this.rssMax, rssEnd),
       rssEndBytes: rssEnd,
+      serverRunQueueShare: (schedStat(this.pid).waitNs - this.sched0.waitNs) / 1e9 / seconds,
     };
   }
 }

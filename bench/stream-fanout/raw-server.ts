@@ -15,6 +15,10 @@
  *                   connect-node then writes those bytes out for each stream.
  *                   The ceiling of connect-node's per-message handling.
  *
+ *   --rate N        events per second, paced every 10 ms, instead of as fast as
+ *                   the clients take them: what the transport and the
+ *                   clients alone add to an event's latency at that rate.
+ *
  * Prints one JSON line {"msg":"raw listening","url":...}; SIGTERM stops it.
  */
 import http2 from "node:http2";
@@ -35,12 +39,14 @@ import { timestampFromMs } from "../../src/domain/time.js";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
-  options: { mode: { type: "string", default: "h2" }, agents: { type: "string", default: "1000" } },
+  options: { mode: { type: "string", default: "h2" }, agents: { type: "string", default: "1000" }, rate: { type: "string", default: "0" } },
   strict: true,
 });
 const mode = values.mode;
 if (mode !== "h2" && mode !== "connect") throw new Error(`--mode: h2 or connect, not ${mode}`);
 const agents = Number(values.agents);
+const rate = Number(values.rate);
+if (!(rate >= 0)) throw new Error(`--rate: a number of events per second, not ${values.rate}`);
 /** Events per turn of the pump before it yields to I/O. */
 const BATCH = 20;
 /** connect mode: messages queued for one stream before the pump waits. */
@@ -116,21 +122,36 @@ function nextEvent(): { agentId: string; message: StreamTasksResponse; bytes: Ui
   return { agentId, message, bytes };
 }
 
+function publish(): void {
+  const e = nextEvent();
+  for (const sub of unfiltered) sub.send(e);
+  const subs = byAgent.get(e.agentId);
+  if (subs) for (const sub of subs) sub.send(e);
+}
+
+/** As fast as the clients take the events: BATCH a turn, waiting for full streams to drain. */
 async function pump(): Promise<void> {
   for (;;) {
     if (unfiltered.size === 0 && byAgent.size === 0) {
       await new Promise((r) => setTimeout(r, 10));
       continue;
     }
-    for (let i = 0; i < BATCH; i++) {
-      const e = nextEvent();
-      for (const sub of unfiltered) sub.send(e);
-      const subs = byAgent.get(e.agentId);
-      if (subs) for (const sub of subs) sub.send(e);
-    }
+    for (let i = 0; i < BATCH; i++) publish();
     if (blocked.size > 0) await new Promise<void>((r) => (unblock = r));
     else await new Promise((r) => setImmediate(r));
   }
+}
+
+/** `rate` events a second, those due published every 10 ms, from the first stream on; never waits for the clients. */
+function pace(): void {
+  let started = 0;
+  let published = 0;
+  setInterval(() => {
+    if (unfiltered.size === 0 && byAgent.size === 0) return;
+    if (started === 0) started = performance.now();
+    const due = Math.floor(((performance.now() - started) / 1000) * rate);
+    for (; published < due; published++) publish();
+  }, 10);
 }
 
 function frame(message: StreamTasksResponse): Buffer {
@@ -214,6 +235,7 @@ server.on("session", (session) => session.on("error", () => {}));
 server.listen(0, "127.0.0.1", () => {
   const { port } = server.address() as { port: number };
   process.stdout.write(JSON.stringify({ msg: "raw listening", url: `http://127.0.0.1:${port}`, mode }) + "\n");
-  void pump();
+  if (rate > 0) pace();
+  else void pump();
 });
 process.once("SIGTERM", () => process.exit(0));

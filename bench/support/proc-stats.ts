@@ -25,3 +25,74 @@ export function cpuSeconds(pid: number): number {
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * Nanoseconds a thread has run and has waited, runnable, for a CPU
+ * (/proc/<pid>/task/<tid>/schedstat; the main thread's tid is the pid).
+ * Waiting while runnable is CPU starvation, as against a long callback.
+ */
+export function schedStat(pid: number, tid = pid): { runNs: number; waitNs: number } {
+  try {
+    const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").trim().split(" ").map(Number);
+    return { runNs: run, waitNs: wait };
+  } catch {
+    return { runNs: 0, waitNs: 0 };
+  }
+}
+
+/** What taskstream's /metrics says of its event loop and GC (see src/server/metrics.ts). */
+export interface LoopMetrics {
+  /** Timer firings that came more than 50 ms / 100 ms late. */
+  lateOver50: number;
+  lateOver100: number;
+  samples: number;
+  /** Events the log tail handed to live streams, and those it handed more than 25 / 50 ms after their commit. */
+  handOffs: number;
+  handOffsOver25: number;
+  handOffsOver50: number;
+  gcRuns: number;
+  gcSeconds: number;
+  /** Mark-compact collections, and collections of any kind that took over 25 ms. */
+  gcMajor: number;
+  gcOver25: number;
+}
+
+export async function loopMetrics(serverUrl: string): Promise<LoopMetrics> {
+  const text = await (await fetch(new URL("/metrics", serverUrl))).text();
+  const value = (name: string) => Number(text.match(new RegExp(`^${name.replace(/[{}".+]/g, "\\$&")} (\\S+)$`, "m"))?.[1] ?? NaN);
+  const samples = value("nodejs_eventloop_lag_seconds_count");
+  // The sum of a metric's series (one per label set) whose labels include `having`.
+  const sumOf = (metric: string, having = "") =>
+    text
+      .split("\n")
+      .filter((line) => (line.startsWith(`${metric} `) || line.startsWith(`${metric}{`)) && line.includes(having))
+      .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0);
+  return {
+    lateOver50: samples - value('nodejs_eventloop_lag_seconds_bucket{le="0.05"}'),
+    lateOver100: samples - value('nodejs_eventloop_lag_seconds_bucket{le="0.1"}'),
+    samples,
+    handOffs: value("taskstream_tail_handoff_lag_seconds_count"),
+    handOffsOver25: value("taskstream_tail_handoff_lag_seconds_count") - value('taskstream_tail_handoff_lag_seconds_bucket{le="0.025"}'),
+    handOffsOver50: value("taskstream_tail_handoff_lag_seconds_count") - value('taskstream_tail_handoff_lag_seconds_bucket{le="0.05"}'),
+    gcRuns: sumOf("nodejs_gc_duration_seconds_count"),
+    gcSeconds: sumOf("nodejs_gc_duration_seconds_sum"),
+    gcMajor: sumOf("nodejs_gc_duration_seconds_count", 'kind="major"'),
+    gcOver25: sumOf("nodejs_gc_duration_seconds_count") - sumOf("nodejs_gc_duration_seconds_bucket", 'le="0.025"'),
+  };
+}
+
+/** The difference of two LoopMetrics readings. */
+export function loopDelta(a: LoopMetrics, b: LoopMetrics): LoopMetrics {
+  return {
+    lateOver50: b.lateOver50 - a.lateOver50,
+    lateOver100: b.lateOver100 - a.lateOver100,
+    samples: b.samples - a.samples,
+    handOffs: b.handOffs - a.handOffs,
+    handOffsOver25: b.handOffsOver25 - a.handOffsOver25,
+    handOffsOver50: b.handOffsOver50 - a.handOffsOver50,
+    gcRuns: b.gcRuns - a.gcRuns,
+    gcSeconds: b.gcSeconds - a.gcSeconds,
+    gcMajor: b.gcMajor - a.gcMajor,
+    gcOver25: b.gcOver25 - a.gcOver25,
+  };
+}
