@@ -92,6 +92,15 @@ for (const dialect of DIALECTS) {
       expect(plain.task.status).toBe(TaskStatus.PENDING);
       expect(plain.lease).toBeUndefined();
       expect(claimed.task.status).toBe(TaskStatus.RUNNING);
+      // Stored as running, its row's sequence that of its last event, and counted as running.
+      const stored = (await t.tasks().getTask({ taskId: claimed.task.taskId })).task!;
+      const { kinds, last } = await eventKinds(claimed.task.taskId);
+      expect(kinds).toEqual(["queued", "running"]);
+      expect(stored).toMatchObject({ status: TaskStatus.RUNNING, attempt: 1, workerId: "self", sequence: last.sequence });
+      expect(stored.startTime).toBeDefined();
+      const running = await t.tasks().listTasks({ filter: { toolName }, statuses: [TaskStatus.RUNNING] });
+      expect(running.tasks.map((task) => task.taskId)).toEqual([claimed.task.taskId]);
+      expect((await t.tasks().listTasks({ statuses: [TaskStatus.RUNNING] })).totalSize).toBeGreaterThanOrEqual(1n);
       const done = await t.workers().completeTasks({ requests: [{ taskId: claimed.task.taskId, leaseId: claimed.lease!.leaseId }] });
       expect(done.results[0].status).toBe(TaskStatus.COMPLETED);
     });

@@ -175,15 +175,22 @@ export class TaskStore {
     }
     return this.transaction(async (tx) => {
       const rows = items.map(({ input }) => newTaskRow(input, tx.now));
-      requireAnswerFits(rows);
-      const inserted = await insertNewTaskRows(tx.trx, tx.dialect, rows);
-      const created: { task: TaskRow; steps: Step[] }[] = [];
+      // Without limits a self-claimed dispatch always has a slot: it runs at once.
+      const steps = rows.map((task, i) => {
+        const claim = items[i].claim;
+        return claim ? [queuedStep(task), startRunning(task, claim, tx.now)] : [queuedStep(task)];
+      });
+      // Each row is stored as its steps leave it: a self-claimed task goes in
+      // RUNNING, not PENDING and then updated, which would rewrite a dozen
+      // index entries. Only its last event's sequence is set afterwards.
+      const stored = rows.map((task, i) => afterSteps(task, steps[i]));
+      requireAnswerFits(stored);
+      const inserted = await insertNewTaskRows(tx.trx, tx.dialect, stored);
+      const created: Change[] = [];
       for (const [i, task] of rows.entries()) {
         if (!inserted.has(task.task_id)) continue;
         tx.counts.added(task);
-        // Without limits a self-claimed dispatch always has a slot: it runs at once.
-        const claim = items[i].claim;
-        created.push({ task, steps: claim ? [queuedStep(task), startRunning(task, claim, tx.now)] : [queuedStep(task)] });
+        created.push({ task, steps: steps[i], stored: stored[i] });
       }
       const byId = new Map((await applyAll(tx, created)).map((task) => [task.task_id, task]));
       const outcomes: ItemOutcome<Dispatched>[] = [];
@@ -477,11 +484,26 @@ async function apply(tx: Tx, task: TaskRow, steps: Step[]): Promise<TaskRow> {
 }
 
 /**
+ * A task's change: its steps from `task`, and the row as stored now when that
+ * is not `task` (a new task stored as its steps leave it).
+ */
+interface Change {
+  task: TaskRow;
+  steps: Step[];
+  stored?: TaskRow;
+}
+
+/** The row as the steps leave it. */
+function afterSteps(task: TaskRow, steps: Step[]): TaskRow {
+  return steps.reduce((row, step) => ({ ...row, ...step.set }), task);
+}
+
+/**
  * Applies each task's steps: the events of all of them appended in one go (one
  * sequence allocation, one insert), then the rows updated, sharing a
  * statement where the same columns changed.
  */
-async function applyAll(tx: Tx, changes: { task: TaskRow; steps: Step[] }[]): Promise<TaskRow[]> {
+async function applyAll(tx: Tx, changes: Change[]): Promise<TaskRow[]> {
   const entries: { task: TaskRow; kind: EventKind }[] = [];
   const nexts = changes.map(({ task, steps }) => {
     let next = task;
@@ -501,7 +523,7 @@ async function applyAll(tx: Tx, changes: { task: TaskRow; steps: Step[] }[]): Pr
   await updateTaskRows(
     tx.trx,
     tx.dialect,
-    updated.map((row, i) => ({ taskId: row.task_id, set: changedColumns(changes[i].task, row) })),
+    updated.map((row, i) => ({ taskId: row.task_id, set: changedColumns(changes[i].stored ?? changes[i].task, row) })),
   );
   return updated;
 }
