@@ -9,7 +9,20 @@ export interface Logger {
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 type Level = (typeof LEVELS)[number];
 
-export function createLogger(minLevel: Level = "info", write: (line: string) => void = (l) => process.stdout.write(l)): Logger {
+/**
+ * Writes to stdout. A log reader that goes away (a closed pipe: EPIPE) must
+ * not take the server down with it: later lines are dropped, calls go on.
+ */
+function writeStdout(line: string): void {
+  if (!ignoringStdoutErrors) {
+    process.stdout.on("error", () => {});
+    ignoringStdoutErrors = true;
+  }
+  if (!process.stdout.destroyed) process.stdout.write(line);
+}
+let ignoringStdoutErrors = false;
+
+export function createLogger(minLevel: Level = "info", write: (line: string) => void = writeStdout): Logger {
   const min = LEVELS.indexOf(minLevel);
   const log = (level: Level) => (msg: string, fields: Record<string, unknown> = {}) => {
     if (LEVELS.indexOf(level) < min) return;

@@ -488,6 +488,20 @@ describe("CLI", () => {
     await serveThenStop(["serve", "--port", "0", "--database", database], cleanEnv(), database);
   });
 
+  it("keeps serving, and stops cleanly, after the reader of its logs goes away", async () => {
+    const database = join(dir, "no-reader.db");
+    const proc = taskstream(["serve", "--port", "0", "--database", database]);
+    const { url } = (await proc.waitFor("taskstream listening")) as { url: string };
+    proc.child.stdout!.destroy();
+    const tasks = createClient(TaskService, createGrpcTransport({ baseUrl: url }));
+    // Each call may log; none may crash the server on the closed pipe.
+    for (let i = 0; i < 3; i++) await tasks.dispatchTask({ toolName: "cli", args: { i } });
+    expect((await tasks.listTasks({ filter: { toolName: "cli" } })).totalSize).toBe(3n);
+    proc.child.kill("SIGTERM");
+    expect(await proc.exited).toMatchObject({ code: 0, signal: null });
+    expect(proc.stderr()).not.toMatch(/EPIPE|Unhandled/);
+  });
+
   it("serves with environment settings instead of flags", async () => {
     const database = join(dir, "env.db");
     await serveThenStop(["serve"], cleanEnv({ TASKSTREAM_PORT: "0", TASKSTREAM_DATABASE: database }), database);
