@@ -491,7 +491,7 @@ describe("CLI", () => {
   it("keeps serving, and stops cleanly, after the reader of its logs goes away", async () => {
     const database = join(dir, "no-reader.db");
     const proc = taskstream(["serve", "--port", "0", "--database", database]);
-    const { url } = (await proc.waitFor("taskstream listening")) as { url: string };
+    const url = (await proc.waitFor("taskstream listening")).url as string;
     proc.child.stdout!.destroy();
     const tasks = createClient(TaskService, createGrpcTransport({ baseUrl: url }));
     // Each call may log; none may crash the server on the closed pipe.

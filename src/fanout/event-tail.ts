@@ -1,6 +1,6 @@
 import { Histogram } from "../histogram.js";
 import type { Db } from "../storage/connect.js";
-import { logBounds, matchesFilter, readLogEntries, type EventFilter, type LogEntry } from "../storage/event-log.js";
+import { logBounds, matchesFilter, readTail, type EventFilter, type LogEntry } from "../storage/event-log.js";
 import type { LogSignal } from "./log-signal.js";
 import { StreamWaiters, type Subscriber } from "./stream-waiters.js";
 
@@ -132,7 +132,7 @@ export class EventTail {
   /** Reads every event up to `target` into the window, waking streams after each batch. */
   private async catchUp(target: number): Promise<void> {
     while (this.head < target && !this.stop.signal.aborted) {
-      const entries = await readLogEntries(this.db.kysely, { after: this.head, through: target, limit: this.options.readBatch });
+      const entries = await readTail(this.db, this.head, target, this.options.readBatch);
       this.window.push(...entries);
       const full = entries.length === this.options.readBatch;
       this.head = full ? entries[entries.length - 1].sequence : target;

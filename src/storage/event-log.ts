@@ -1,10 +1,10 @@
 import { create, fromBinary, fromJson, type JsonObject, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
-import { sql, type Kysely, type Transaction } from "kysely";
+import { CompiledQuery, type Kysely, type Transaction } from "kysely";
 import { TaskEventSchema, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
 import { timestampFromMs } from "../domain/time.js";
 import { binaryChunks, insertRows } from "./batch-statements.js";
-import type { DialectName } from "./connect.js";
+import type { Db, DialectName } from "./connect.js";
 import { eventBytes } from "./event-wire.js";
 import { WireWriter } from "./wire-writer.js";
 import type { Database, EventRow, TaskRow } from "./schema.js";
@@ -29,16 +29,32 @@ export async function appendEvents(
   now: number,
 ): Promise<AppendedEvent[]> {
   if (entries.length === 0) return [];
-  const head = await trx
-    .updateTable("log_head")
-    .set({ last_sequence: sql`last_sequence + ${entries.length}` })
-    .where("id", "=", 1)
-    .returning("last_sequence")
-    .executeTakeFirstOrThrow();
-  const first = head.last_sequence - entries.length + 1;
+  const head = (await trx.executeQuery<{ last_sequence: number }>(CompiledQuery.raw(ADVANCE_HEAD[dialect], [entries.length]))).rows[0];
+  const first = Number(head.last_sequence) - entries.length + 1;
   const rows = entries.map(({ task, kind }, i) => eventRow(task, kind, first + i, now));
   for (const chunk of binaryChunks(rows)) await insertRows(trx, dialect, "events", chunk);
   return rows.map((row) => ({ taskId: row.task_id, sequence: row.sequence }));
+}
+
+/*
+ * The statements run at every commit and every tail read, written out once:
+ * Kysely built and compiled each anew per call, which cost more than SQLite
+ * spent running them.
+ */
+const ADVANCE_HEAD: Record<DialectName, string> = {
+  sqlite: 'update "log_head" set "last_sequence" = "last_sequence" + ? where "id" = 1 returning "last_sequence"',
+  postgres: 'update "log_head" set "last_sequence" = "last_sequence" + $1 where "id" = 1 returning "last_sequence"',
+};
+const ENTRY_COLUMNS = '"sequence", "task_id", "tool_name", "agent_id", "run_id", "thread_id", "resource_id", "event_time", "payload"';
+const READ_TAIL: Record<DialectName, string> = {
+  sqlite: `select ${ENTRY_COLUMNS} from "events" where "sequence" > ? and "sequence" <= ? order by "sequence" limit ?`,
+  postgres: `select ${ENTRY_COLUMNS} from "events" where "sequence" > $1 and "sequence" <= $2 order by "sequence" limit $3`,
+};
+
+/** Every log entry in (after, through], oldest first, up to `limit`: the tail's read. */
+export async function readTail(db: Db, after: number, through: number, limit: number): Promise<LogEntry[]> {
+  const { rows } = await db.kysely.executeQuery<EventRow>(CompiledQuery.raw(READ_TAIL[db.dialect], [after, through, limit]));
+  return rows.map(logEntry);
 }
 
 /** Where an appended event went in the log. */
