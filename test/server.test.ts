@@ -32,6 +32,7 @@ import { WorkerService } from "../gen/taskstream/v1/worker_service_pb.js";
 import { SETTINGS } from "../src/config.js";
 import type { TaskstreamServer } from "../src/server/server.js";
 import { expectError } from "./support/expect-error.js";
+import { scrapeMetrics } from "./support/metrics.js";
 import { freshDatabase, startTestServer, startWith, type TestServer } from "./support/test-server.js";
 
 // The server as a whole: one port for every protocol, TLS, compression, the
@@ -143,14 +144,9 @@ describe("one port serves every protocol", () => {
 
   it("reports event-loop stalls and garbage collections on GET /metrics", async () => {
     const scrape = async () => {
-      const text = await (await fetch(`${t.server.url}/metrics`)).text();
-      const value = (name: string) => Number(text.split("\n").find((l) => l.startsWith(`${name} `))?.split(" ")[1]);
-      const over100ms = value("nodejs_eventloop_lag_seconds_count") - value('nodejs_eventloop_lag_seconds_bucket{le="0.1"}');
-      const gcRuns = text
-        .split("\n")
-        .filter((l) => l.startsWith("nodejs_gc_duration_seconds_count{"))
-        .reduce((sum, l) => sum + Number(l.split(" ")[1]), 0);
-      return { over100ms, gcRuns };
+      const value = await scrapeMetrics(t.server.url);
+      const over100ms = value("nodejs_eventloop_lag_seconds_count") - value("nodejs_eventloop_lag_seconds_bucket", 'le="0.1"');
+      return { over100ms, gcRuns: value("nodejs_gc_duration_seconds_count") };
     };
     const before = await scrape();
     // The server shares this process: stall its event loop for 150 ms, from
@@ -172,12 +168,11 @@ describe("one port serves every protocol", () => {
 
   it("reports on GET /metrics how long after its commit the log tail handed each event to the streams", async () => {
     const scrape = async () => {
-      const text = await (await fetch(`${t.server.url}/metrics`)).text();
-      const value = (name: string) => Number(text.split("\n").find((l) => l.startsWith(`${name} `))?.split(" ")[1]);
+      const value = await scrapeMetrics(t.server.url);
       return {
         count: value("taskstream_tail_handoff_lag_seconds_count"),
         sum: value("taskstream_tail_handoff_lag_seconds_sum"),
-        under1s: value('taskstream_tail_handoff_lag_seconds_bucket{le="1"}'),
+        under1s: value("taskstream_tail_handoff_lag_seconds_bucket", 'le="1"'),
         head: value("taskstream_log_last_sequence"),
       };
     };

@@ -9,6 +9,7 @@ import { logBounds, readEvents } from "../src/storage/event-log.js";
 import { ConnectError } from "@connectrpc/connect";
 import { expectError } from "./support/expect-error.js";
 import { collect, eventually } from "./support/streams.js";
+import { scrapeMetrics } from "./support/metrics.js";
 import { DIALECTS, startTestServer, type TestServer } from "./support/test-server.js";
 
 for (const dialect of DIALECTS) {
@@ -23,10 +24,7 @@ for (const dialect of DIALECTS) {
 
     /** A gauge as the server exposes it on GET /metrics. */
     async function gauge(name: string): Promise<number> {
-      const text = await (await fetch(`${t.server.url}/metrics`)).text();
-      const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-      if (!line) throw new Error(`no gauge ${name} in ${text}`);
-      return Number(line.split(" ")[1]);
+      return (await scrapeMetrics(t.server.url))(name);
     }
 
     async function running(agentId: string, toolName = "tool") {

@@ -45,7 +45,7 @@ import {
 } from "./producer.js";
 import { mainThreadProfile, summarizeProfile } from "../support/cpu-profile.js";
 import { buildGoCommand, goOrNode } from "../support/go-command.js";
-import { printAndWrite, type ClientFigures, type RawResult, type Report, type StepResult } from "./report.js";
+import { pct, printAndWrite, type ClientFigures, type RawResult, type Report, type StepResult } from "./report.js";
 import type { SeedRequest, SeedResult } from "./seed.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -128,7 +128,6 @@ if (cfg.replayEvents > 2 * cfg.snapshotTasks) throw new Error("--replay-events: 
 const command = ["npm run bench:stream-fanout", ...(process.argv.length > 2 ? ["--", ...process.argv.slice(2)] : [])].join(" ");
 const log = (line: string) => process.stderr.write(`${line}\n`);
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
-const pct = (part: number, whole: number) => `${((100 * part) / Math.max(1, whole)).toFixed(2)}%`;
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 
 /** Runs a bench script in a child process and returns its one answer. */
@@ -497,7 +496,7 @@ async function fanoutPhase(database: string, readers: Readers, report: Report, f
             `            server loop: ${loop.lateOver50} timer firings > 50 ms late (${loop.lateOver100} > 100 ms) of ${fmt(loop.samples)}; ` +
             `tail handed ${fmt(loop.handOffs)} events to streams, ${pct(loop.handOffsOver25, loop.handOffs)} > 25 ms and ` +
             `${pct(loop.handOffsOver50, loop.handOffs)} > 50 ms after commit; ` +
-            `GC ${loop.gcRuns} runs (${loop.gcMajor} major, ${loop.gcOver25} over 25 ms), ${(loop.gcSeconds * 1000).toFixed(0)} ms; main thread waited for a CPU ${(m.usage.serverRunQueueShare * 100).toFixed(1)}% of the time`,
+            `GC ${loop.gcRuns} runs (${loop.gcMajor} major, ${loop.gcOver25} over 25 ms), ${(loop.gcSeconds * 1000).toFixed(0)} ms; main thread waited for a CPU ${pct(m.usage.serverRunQueueShare, 1)} of the time`,
         );
         if (p.errors) log(`  ${p.errors} producer errors, first: ${p.firstError}`);
         return result;

@@ -98,7 +98,8 @@ export interface Report {
 }
 
 const n = (x: number) => Math.round(x).toLocaleString("en-US");
-const pct = (part: number, whole: number) => `${((100 * part) / Math.max(whole, 1e-9)).toFixed(1)}%`;
+/** `part` as a percentage of `whole`. */
+export const pct = (part: number, whole: number) => `${((100 * part) / Math.max(whole, 1e-9)).toFixed(1)}%`;
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
 const cores = (x: number) => x.toFixed(2);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];

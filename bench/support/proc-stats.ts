@@ -59,40 +59,30 @@ export interface LoopMetrics {
 
 export async function loopMetrics(serverUrl: string): Promise<LoopMetrics> {
   const text = await (await fetch(new URL("/metrics", serverUrl))).text();
-  const value = (name: string) => Number(text.match(new RegExp(`^${name.replace(/[{}".+]/g, "\\$&")} (\\S+)$`, "m"))?.[1] ?? NaN);
-  const samples = value("nodejs_eventloop_lag_seconds_count");
   // The sum of a metric's series (one per label set) whose labels include `having`.
   const sumOf = (metric: string, having = "") =>
     text
       .split("\n")
       .filter((line) => (line.startsWith(`${metric} `) || line.startsWith(`${metric}{`)) && line.includes(having))
       .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0);
+  // A histogram's observations above `le` seconds.
+  const over = (histogram: string, le: string) => sumOf(`${histogram}_count`) - sumOf(`${histogram}_bucket`, `le="${le}"`);
   return {
-    lateOver50: samples - value('nodejs_eventloop_lag_seconds_bucket{le="0.05"}'),
-    lateOver100: samples - value('nodejs_eventloop_lag_seconds_bucket{le="0.1"}'),
-    samples,
-    handOffs: value("taskstream_tail_handoff_lag_seconds_count"),
-    handOffsOver25: value("taskstream_tail_handoff_lag_seconds_count") - value('taskstream_tail_handoff_lag_seconds_bucket{le="0.025"}'),
-    handOffsOver50: value("taskstream_tail_handoff_lag_seconds_count") - value('taskstream_tail_handoff_lag_seconds_bucket{le="0.05"}'),
+    lateOver50: over("nodejs_eventloop_lag_seconds", "0.05"),
+    lateOver100: over("nodejs_eventloop_lag_seconds", "0.1"),
+    samples: sumOf("nodejs_eventloop_lag_seconds_count"),
+    handOffs: sumOf("taskstream_tail_handoff_lag_seconds_count"),
+    handOffsOver25: over("taskstream_tail_handoff_lag_seconds", "0.025"),
+    handOffsOver50: over("taskstream_tail_handoff_lag_seconds", "0.05"),
     gcRuns: sumOf("nodejs_gc_duration_seconds_count"),
     gcSeconds: sumOf("nodejs_gc_duration_seconds_sum"),
     gcMajor: sumOf("nodejs_gc_duration_seconds_count", 'kind="major"'),
-    gcOver25: sumOf("nodejs_gc_duration_seconds_count") - sumOf("nodejs_gc_duration_seconds_bucket", 'le="0.025"'),
+    gcOver25: over("nodejs_gc_duration_seconds", "0.025"),
   };
 }
 
 /** The difference of two LoopMetrics readings. */
 export function loopDelta(a: LoopMetrics, b: LoopMetrics): LoopMetrics {
-  return {
-    lateOver50: b.lateOver50 - a.lateOver50,
-    lateOver100: b.lateOver100 - a.lateOver100,
-    samples: b.samples - a.samples,
-    handOffs: b.handOffs - a.handOffs,
-    handOffsOver25: b.handOffsOver25 - a.handOffsOver25,
-    handOffsOver50: b.handOffsOver50 - a.handOffsOver50,
-    gcRuns: b.gcRuns - a.gcRuns,
-    gcSeconds: b.gcSeconds - a.gcSeconds,
-    gcMajor: b.gcMajor - a.gcMajor,
-    gcOver25: b.gcOver25 - a.gcOver25,
-  };
+  const keys = Object.keys(a) as (keyof LoopMetrics)[];
+  return Object.fromEntries(keys.map((key) => [key, b[key] - a[key]])) as unknown as LoopMetrics;
 }

@@ -45,10 +45,12 @@ const ADVANCE_HEAD: Record<DialectName, string> = {
   sqlite: 'update "log_head" set "last_sequence" = "last_sequence" + ? where "id" = 1 returning "last_sequence"',
   postgres: 'update "log_head" set "last_sequence" = "last_sequence" + $1 where "id" = 1 returning "last_sequence"',
 };
-const ENTRY_COLUMNS = '"sequence", "task_id", "tool_name", "agent_id", "run_id", "thread_id", "resource_id", "event_time", "payload"';
+/** What a LogEntry is read from. */
+const ENTRY_COLUMNS = ["sequence", "task_id", "tool_name", "agent_id", "run_id", "thread_id", "resource_id", "event_time", "payload"] as const;
+const ENTRY_COLUMN_LIST = ENTRY_COLUMNS.map((column) => `"${column}"`).join(", ");
 const READ_TAIL: Record<DialectName, string> = {
-  sqlite: `select ${ENTRY_COLUMNS} from "events" where "sequence" > ? and "sequence" <= ? order by "sequence" limit ?`,
-  postgres: `select ${ENTRY_COLUMNS} from "events" where "sequence" > $1 and "sequence" <= $2 order by "sequence" limit $3`,
+  sqlite: `select ${ENTRY_COLUMN_LIST} from "events" where "sequence" > ? and "sequence" <= ? order by "sequence" limit ?`,
+  postgres: `select ${ENTRY_COLUMN_LIST} from "events" where "sequence" > $1 and "sequence" <= $2 order by "sequence" limit $3`,
 };
 
 /** Every log entry in (after, through], oldest first, up to `limit`: the tail's read. */
@@ -134,7 +136,7 @@ export async function readLogEntries(
 ): Promise<LogEntry[]> {
   let select = db
     .selectFrom("events")
-    .select(["sequence", "task_id", "tool_name", "agent_id", "run_id", "thread_id", "resource_id", "event_time", "payload"])
+    .select(ENTRY_COLUMNS)
     .where("sequence", ">", query.after);
   if (query.through !== undefined) select = select.where("sequence", "<=", query.through);
   for (const [column, value] of filterColumns(query.filter)) select = select.where(column, "=", value);
@@ -143,7 +145,7 @@ export async function readLogEntries(
 }
 
 /** A log entry from an events row's identity columns and payload. */
-export function logEntry(row: Pick<EventRow, "sequence" | "task_id" | "tool_name" | "agent_id" | "run_id" | "thread_id" | "resource_id" | "event_time" | "payload">): LogEntry {
+export function logEntry(row: Pick<EventRow, (typeof ENTRY_COLUMNS)[number]>): LogEntry {
   return {
     sequence: row.sequence,
     eventTime: Number(row.event_time),
