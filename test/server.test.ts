@@ -142,6 +142,24 @@ describe("one port serves every protocol", () => {
     expect(JSON.parse(h1.body.toString())).toMatchObject({ code: "not_found" });
   });
 
+  it.each([false, true])("GetTask, ListTasks and ListTaskEvents answer in full over GET (binary: %s)", async (useBinaryFormat) => {
+    const agentId = `get-reads-${useBinaryFormat}`;
+    const { task } = await t.tasks().dispatchTask({ toolName: "get-reads", agentId, args: { n: 7 } });
+    const viaGet = createClient(TaskService, createConnectTransport({ baseUrl: t.server.url, httpVersion: "1.1", useBinaryFormat, useHttpGet: true }));
+    expect((await viaGet.getTask({ taskId: task!.taskId })).task).toMatchObject({ taskId: task!.taskId, args: { n: 7 } });
+    const listed = await viaGet.listTasks({ filter: { agentId } });
+    expect(listed.tasks.map((x) => x.taskId)).toEqual([task!.taskId]);
+    expect(listed.totalSize).toBe(1n);
+    expect((await viaGet.listTaskEvents({ taskId: task!.taskId })).events.map((e) => e.kind.case)).toEqual(["queued"]);
+  });
+
+  it("refuses GET for a call that changes something", async () => {
+    const message = encodeURIComponent(JSON.stringify({ toolName: "by-get" }));
+    const res = await h1Request(t.server.url, `/taskstream.v1.TaskService/DispatchTask?connect=v1&encoding=json&message=${message}`, "", {}, { method: "GET" });
+    expect(res.status).toBe(405);
+    expect((await t.tasks().listTasks({ filter: { toolName: "by-get" } })).tasks).toEqual([]);
+  });
+
   it("reports event-loop stalls and garbage collections on GET /metrics", async () => {
     const scrape = async () => {
       const value = await scrapeMetrics(t.server.url);

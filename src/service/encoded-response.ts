@@ -1,3 +1,4 @@
+import type { HandlerContext } from "@connectrpc/connect";
 import { create, type DescField, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
 import { WireType } from "@bufbuild/protobuf/wire";
 import { WireWriter } from "../storage/wire-writer.js";
@@ -14,9 +15,14 @@ import { WireWriter } from "../storage/wire-writer.js";
  * message with the field decoded instead: ask `speaksJson` first.
  */
 
-/** Whether the call speaks JSON (Connect JSON, gRPC-Web JSON, gRPC JSON), judged by its content type. */
-export function speaksJson(headers: Headers): boolean {
-  return (headers.get("content-type") ?? "").includes("json");
+/**
+ * Whether the call speaks JSON (Connect JSON, gRPC-Web JSON, gRPC JSON):
+ * judged by its content type, or for a Connect GET, which has none, by the
+ * codec its query names.
+ */
+export function speaksJson(ctx: Pick<HandlerContext, "requestMethod" | "requestHeader" | "url">): boolean {
+  if (ctx.requestMethod === "GET") return new URL(ctx.url, "http://localhost").searchParams.get("encoding") === "json";
+  return (ctx.requestHeader.get("content-type") ?? "").includes("json");
 }
 
 // One writer for every response: encoding is synchronous, and its buffer,

@@ -63,7 +63,7 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
         await serveStream({ deps, req, filter, heartbeatMs, signal: ctx.signal }, new FrameSink(frames, ctx.signal));
       } else {
         const signal = AbortSignal.any([ctx.signal, stop.signal]);
-        const queue = new ResponseQueue(speaksJson(ctx.requestHeader) ? decodedResponse : encodedResponse, signal);
+        const queue = new ResponseQueue(speaksJson(ctx) ? decodedResponse : encodedResponse, signal);
         yield* responses({ deps, req, filter, heartbeatMs, signal }, queue);
       }
     } finally {

@@ -53,7 +53,7 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
 
     async dispatchTasks(req, ctx) {
       const outcomes = await store.dispatchMany(validateBatch(req.requests, MAX_BATCH_REQUESTS, (r) => dispatchRequest(r, deps)));
-      if (!speaksJson(ctx.requestHeader)) {
+      if (!speaksJson(ctx)) {
         return withEncodedField(DispatchTasksResponseSchema, {}, DispatchTasksResponseSchema.field.results, outcomes, writeDispatchResult);
       }
       return {
@@ -81,7 +81,7 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
       const taskId = requireId("task_id", req.taskId);
       const task = await getTask(deps.db.kysely, taskId);
       if (!task) throw taskNotFound(taskId);
-      if (speaksJson(ctx.requestHeader)) return { task: taskFromRow(task) };
+      if (speaksJson(ctx)) return { task: taskFromRow(task) };
       return withEncodedField(GetTaskResponseSchema, {}, GetTaskResponseSchema.field.task, [task], writeTask);
     },
 
@@ -98,7 +98,7 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
         nextPageToken: page.more ? encodePageToken(fingerprint, { position: { v: last[orderBy], id: last.task_id }, total }) : "",
         totalSize: BigInt(total),
       };
-      if (speaksJson(ctx.requestHeader)) return { ...response, tasks: page.items.map(taskFromRow) };
+      if (speaksJson(ctx)) return { ...response, tasks: page.items.map(taskFromRow) };
       return withEncodedField(ListTasksResponseSchema, response, ListTasksResponseSchema.field.tasks, page.items, writeTask);
     },
 
@@ -121,7 +121,7 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
       };
       // Events are stored encoded: a binary call gets those bytes as they are.
       const payloads = page.items.map((event) => event.payload);
-      if (speaksJson(ctx.requestHeader)) return { ...response, events: payloads.map((payload) => fromBinary(TaskEventSchema, payload)) };
+      if (speaksJson(ctx)) return { ...response, events: payloads.map((payload) => fromBinary(TaskEventSchema, payload)) };
       return withEncodedField(ListTaskEventsResponseSchema, response, ListTaskEventsResponseSchema.field.events, payloads, rawBytes);
     },
   };

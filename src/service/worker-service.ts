@@ -48,7 +48,7 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
         const claimed = await store.claim(request);
         const left = deadline - Date.now();
         if (claimed.length > 0 || left <= 0) {
-          if (speaksJson(ctx.requestHeader)) {
+          if (speaksJson(ctx)) {
             return { tasks: claimed.map(({ task, lease }) => ({ task: taskFromRow(task), lease: leaseMessage(lease) })) };
           }
           return withEncodedField(ClaimTasksResponseSchema, {}, ClaimTasksResponseSchema.field.tasks, claimed, writeClaimedTask);

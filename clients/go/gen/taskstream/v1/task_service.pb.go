@@ -1615,17 +1615,17 @@ const file_taskstream_v1_task_service_proto_rawDesc = "" +
 	"\x1bTASK_TIME_FIELD_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bTASK_TIME_FIELD_CREATE_TIME\x10\x01\x12\x1e\n" +
 	"\x1aTASK_TIME_FIELD_START_TIME\x10\x02\x12!\n" +
-	"\x1dTASK_TIME_FIELD_COMPLETE_TIME\x10\x032\xb9\x05\n" +
+	"\x1dTASK_TIME_FIELD_COMPLETE_TIME\x10\x032\xc8\x05\n" +
 	"\vTaskService\x12W\n" +
 	"\fDispatchTask\x12\".taskstream.v1.DispatchTaskRequest\x1a#.taskstream.v1.DispatchTaskResponse\x12Z\n" +
 	"\rDispatchTasks\x12#.taskstream.v1.DispatchTasksRequest\x1a$.taskstream.v1.DispatchTasksResponse\x12Q\n" +
 	"\n" +
 	"CancelTask\x12 .taskstream.v1.CancelTaskRequest\x1a!.taskstream.v1.CancelTaskResponse\x12Q\n" +
 	"\n" +
-	"ResumeTask\x12 .taskstream.v1.ResumeTaskRequest\x1a!.taskstream.v1.ResumeTaskResponse\x12H\n" +
-	"\aGetTask\x12\x1d.taskstream.v1.GetTaskRequest\x1a\x1e.taskstream.v1.GetTaskResponse\x12N\n" +
-	"\tListTasks\x12\x1f.taskstream.v1.ListTasksRequest\x1a .taskstream.v1.ListTasksResponse\x12]\n" +
-	"\x0eListTaskEvents\x12$.taskstream.v1.ListTaskEventsRequest\x1a%.taskstream.v1.ListTaskEventsResponse\x12V\n" +
+	"ResumeTask\x12 .taskstream.v1.ResumeTaskRequest\x1a!.taskstream.v1.ResumeTaskResponse\x12M\n" +
+	"\aGetTask\x12\x1d.taskstream.v1.GetTaskRequest\x1a\x1e.taskstream.v1.GetTaskResponse\"\x03\x90\x02\x01\x12S\n" +
+	"\tListTasks\x12\x1f.taskstream.v1.ListTasksRequest\x1a .taskstream.v1.ListTasksResponse\"\x03\x90\x02\x01\x12b\n" +
+	"\x0eListTaskEvents\x12$.taskstream.v1.ListTaskEventsRequest\x1a%.taskstream.v1.ListTaskEventsResponse\"\x03\x90\x02\x01\x12V\n" +
 	"\vStreamTasks\x12!.taskstream.v1.StreamTasksRequest\x1a\".taskstream.v1.StreamTasksResponse0\x01B\xb4\x01\n" +
 	"\x11com.taskstream.v1B\x10TaskServiceProtoP\x01Z8taskstream.dev/clients/go/gen/taskstream/v1;taskstreamv1\xa2\x02\x03TXX\xaa\x02\rTaskstream.V1\xca\x02\rTaskstream\\V1\xe2\x02\x19Taskstream\\V1\\GPBMetadata\xea\x02\x0eTaskstream::V1b\x06proto3"
 

@@ -72,6 +72,8 @@ type TaskServiceClient interface {
 	CancelTask(context.Context, *connect.Request[v1.CancelTaskRequest]) (*connect.Response[v1.CancelTaskResponse], error)
 	// Makes a suspended task runnable again, handing resume_data to its worker.
 	ResumeTask(context.Context, *connect.Request[v1.ResumeTaskRequest]) (*connect.Response[v1.ResumeTaskResponse], error)
+	// The three reads change nothing, so Connect clients may send them as
+	// HTTP GET, and a proxy may retry or cache them.
 	GetTask(context.Context, *connect.Request[v1.GetTaskRequest]) (*connect.Response[v1.GetTaskResponse], error)
 	// Lists tasks by filter, status and time range, with keyset paging.
 	ListTasks(context.Context, *connect.Request[v1.ListTasksRequest]) (*connect.Response[v1.ListTasksResponse], error)
@@ -120,18 +122,21 @@ func NewTaskServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			httpClient,
 			baseURL+TaskServiceGetTaskProcedure,
 			connect.WithSchema(taskServiceMethods.ByName("GetTask")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
 		listTasks: connect.NewClient[v1.ListTasksRequest, v1.ListTasksResponse](
 			httpClient,
 			baseURL+TaskServiceListTasksProcedure,
 			connect.WithSchema(taskServiceMethods.ByName("ListTasks")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
 		listTaskEvents: connect.NewClient[v1.ListTaskEventsRequest, v1.ListTaskEventsResponse](
 			httpClient,
 			baseURL+TaskServiceListTaskEventsProcedure,
 			connect.WithSchema(taskServiceMethods.ByName("ListTaskEvents")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
 		streamTasks: connect.NewClient[v1.StreamTasksRequest, v1.StreamTasksResponse](
@@ -213,6 +218,8 @@ type TaskServiceHandler interface {
 	CancelTask(context.Context, *connect.Request[v1.CancelTaskRequest]) (*connect.Response[v1.CancelTaskResponse], error)
 	// Makes a suspended task runnable again, handing resume_data to its worker.
 	ResumeTask(context.Context, *connect.Request[v1.ResumeTaskRequest]) (*connect.Response[v1.ResumeTaskResponse], error)
+	// The three reads change nothing, so Connect clients may send them as
+	// HTTP GET, and a proxy may retry or cache them.
 	GetTask(context.Context, *connect.Request[v1.GetTaskRequest]) (*connect.Response[v1.GetTaskResponse], error)
 	// Lists tasks by filter, status and time range, with keyset paging.
 	ListTasks(context.Context, *connect.Request[v1.ListTasksRequest]) (*connect.Response[v1.ListTasksResponse], error)
@@ -257,18 +264,21 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 		TaskServiceGetTaskProcedure,
 		svc.GetTask,
 		connect.WithSchema(taskServiceMethods.ByName("GetTask")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
 	taskServiceListTasksHandler := connect.NewUnaryHandler(
 		TaskServiceListTasksProcedure,
 		svc.ListTasks,
 		connect.WithSchema(taskServiceMethods.ByName("ListTasks")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
 	taskServiceListTaskEventsHandler := connect.NewUnaryHandler(
 		TaskServiceListTaskEventsProcedure,
 		svc.ListTaskEvents,
 		connect.WithSchema(taskServiceMethods.ByName("ListTaskEvents")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
 	taskServiceStreamTasksHandler := connect.NewServerStreamHandler(
