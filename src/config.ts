@@ -16,6 +16,8 @@ export interface Settings {
   tlsKey?: string;
   /** Responses this large or larger are compressed for clients that accept it; 0 never compresses. */
   compressMinBytes: number;
+  /** Origins whose pages may call from a browser (CORS); ["*"] is any; empty keeps browsers to the same origin. */
+  corsOrigins: string[];
   /** Lease length when a worker names none. */
   leaseMs: number;
   maxLeaseMs: number;
@@ -100,6 +102,13 @@ export const SETTINGS: Record<keyof Settings, SettingSpec> = {
     help: "compress responses this large or larger for clients that accept it (0: never)",
     default: "1024",
     parse: nonNegativeInt,
+  },
+  corsOrigins: {
+    flag: "cors-origins",
+    env: "TASKSTREAM_CORS_ORIGINS",
+    help: 'origins whose browser pages may call, "https://a.example,https://b.example" or "*"',
+    default: "",
+    parse: origins,
   },
   leaseMs: { flag: "lease-ms", env: "TASKSTREAM_LEASE_MS", help: "default lease length", default: "30000", parse: ms },
   maxLeaseMs: { flag: "max-lease-ms", env: "TASKSTREAM_MAX_LEASE_MS", help: "longest lease a worker may ask for", default: "600000", parse: ms },
@@ -315,6 +324,24 @@ function limitMap(raw: string): Map<string, number> {
     limits.set(agent, nonNegativeInt(limit));
   }
   return limits;
+}
+
+/**
+ * Browsers send an origin as scheme://host[:port], lowercase, without a path:
+ * one written otherwise would never match, so it is refused here.
+ */
+function origins(raw: string): string[] {
+  const list = raw.split(",").map((o) => o.trim()).filter((o) => o !== "");
+  if (list.includes("*") && list.length > 1) throw new Error(`"*" allows every origin; list no others beside it`);
+  for (const origin of list) {
+    if (origin === "*") continue;
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(origin);
+    } catch {}
+    if (parsed?.origin !== origin) throw new Error(`expected origins such as https://dashboard.example.com (scheme, host and port, no path), got "${origin}"`);
+  }
+  return list;
 }
 
 function backpressure(raw: string): Settings["backpressure"] {

@@ -18,6 +18,7 @@ import { listen } from "./listener.js";
 import { fallbackHandler, RuntimeMetrics } from "./metrics.js";
 import { storageErrorConverter, storageErrors } from "./storage-errors.js";
 import { withGrpcFastPath } from "./grpc-fast-path.js";
+import { withCors } from "./cors.js";
 import { taskService } from "../service/task-service.js";
 import { workerService } from "../service/worker-service.js";
 import { routes } from "./routes.js";
@@ -69,7 +70,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     fallback: fallbackHandler(deps, runtime),
     interceptors: [storageErrors(logger)],
   });
-  const handler = withGrpcFastPath(
+  const rpcHandler = withGrpcFastPath(
     connectHandler,
     [
       [TaskService, taskService(deps)],
@@ -77,6 +78,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     ],
     { maxMessageBytes: MAX_MESSAGE_BYTES, compressMinBytes, shutdownSignal: shutdown.signal, toConnectError: storageErrorConverter(logger) },
   );
+  const handler = withCors(rpcHandler, settings.corsOrigins);
   const tls = settings.tlsCert && settings.tlsKey ? { certFile: settings.tlsCert, keyFile: settings.tlsKey } : undefined;
   const server = await listen(handler, { host: settings.host, port: settings.port, tls });
   runtime.start();
