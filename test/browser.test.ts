@@ -1,0 +1,170 @@
+import { existsSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { fromJson } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { build } from "esbuild";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskStatus } from "../gen/taskstream/v1/task_pb.js";
+import type * as Dashboard from "./browser/dashboard.js";
+import { DIALECTS, startTestServer, type TestServer } from "./support/test-server.js";
+
+/**
+ * A dashboard in Debian's Chromium, on a page served from another origin than
+ * the API (as a dashboard usually is), calling taskstream with Connect-Web
+ * (JSON and binary, reads as GET) and gRPC-Web: CORS, streaming over fetch,
+ * deadlines and aborts as a browser does them.
+ */
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const PROTOCOLS = ["connect-json", "connect-binary", "grpc-web"] as const;
+
+type DashboardModule = typeof Dashboard;
+declare const dashboard: DashboardModule;
+
+/** Serves one page that loads the bundled dashboard, on 127.0.0.1 and a port of its own: an origin. */
+async function servePage(script: string): Promise<{ origin: string; close(): Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    if (req.url === "/dashboard.js") res.writeHead(200, { "content-type": "text/javascript" }).end(script);
+    else res.writeHead(200, { "content-type": "text/html" }).end(`<!doctype html><title>dashboard</title><script src="/dashboard.js"></script>`);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return { origin, close: () => new Promise((resolve) => server.close(() => resolve())) };
+}
+
+async function bundleDashboard(): Promise<string> {
+  const result = await build({
+    entryPoints: [new URL("./browser/dashboard.ts", import.meta.url).pathname],
+    bundle: true,
+    format: "iife",
+    globalName: "dashboard",
+    platform: "browser",
+    target: "chrome120",
+    write: false,
+    logLevel: "silent",
+  });
+  return result.outputFiles[0].text;
+}
+
+let browser: Browser;
+let script: string;
+let allowedPage: Awaited<ReturnType<typeof servePage>>;
+let otherPage: Awaited<ReturnType<typeof servePage>>;
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: run 'npm run setup:browser' (Debian's chromium), or set CHROMIUM_PATH`);
+  script = await bundleDashboard();
+  [allowedPage, otherPage] = await Promise.all([servePage(script), servePage(script)]);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    // This machine has no network beyond localhost: Chromium's own
+    // background connections would only fail, many at a time.
+    args: ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await allowedPage?.close();
+  await otherPage?.close();
+});
+
+async function openDashboard(origin: string): Promise<{ page: Page; requests: { method: string; url: string }[] }> {
+  const page = await browser.newPage();
+  const requests: { method: string; url: string }[] = [];
+  page.on("request", (request) => requests.push({ method: request.method(), url: request.url() }));
+  await page.goto(origin);
+  await page.waitForFunction(() => typeof dashboard === "object");
+  return { page, requests };
+}
+
+describe.each(DIALECTS)("a browser dashboard (%s)", (dialect) => {
+  let t: TestServer;
+  let page: Page;
+  let requests: { method: string; url: string }[];
+
+  beforeAll(async () => {
+    t = await startTestServer(dialect, { corsOrigins: [allowedPage.origin] });
+    ({ page, requests } = await openDashboard(allowedPage.origin));
+  });
+  afterAll(async () => {
+    await page?.close();
+    await t?.close();
+  });
+
+  const streamsOpen = () => t.server.deps.gauges.activeStreams;
+
+  it.each(PROTOCOLS)("dispatches and reads a task from another origin over %s", async (protocol) => {
+    const agentId = `browser-${protocol}`;
+    const seen = await page.evaluate(([url, p, a]) => dashboard.dispatchAndRead(url, p, a), [t.server.url, protocol, agentId] as const);
+    if ("error" in seen) throw new Error(`the page's calls failed: ${JSON.stringify(seen.error)}`);
+    const stored = (await t.tasks("grpc").getTask({ taskId: seen.taskId })).task!;
+    expect(seen).toEqual({
+      taskId: stored.taskId,
+      status: "PENDING",
+      args: { from: protocol, n: 1 },
+      listed: [stored.taskId],
+      totalSize: 1,
+      events: [{ sequence: Number(stored.sequence), kind: "queued" }],
+    });
+    expect(stored.agentId).toBe(agentId);
+    // Connect-Web sent the three reads as GETs, gRPC-Web has only POST.
+    const reads = requests.filter((r) => r.url.startsWith(t.server.url) && /\/(GetTask|ListTasks|ListTaskEvents)\b/.test(r.url));
+    const expected = protocol === "grpc-web" ? "POST" : "GET";
+    expect(reads.slice(-3).map((r) => r.method)).toEqual([expected, expected, expected]);
+  });
+
+  it.each(PROTOCOLS)("watches a task's life live over %s, and an abort releases the stream", async (protocol) => {
+    const agentId = `watched-${dialect}-${protocol}`;
+    const name = `life-${protocol}`;
+    await page.evaluate(([n, url, p, a]) => dashboard.watch(n, url, p, { agentId: a }), [name, t.server.url, protocol, agentId] as const);
+    await page.waitForFunction((n) => dashboard.watched(n).messages.some((m) => m.kind === "snapshotComplete"), name);
+
+    const { task } = await t.tasks("grpc").dispatchTask({ toolName: "browser-life", agentId, args: { step: 1 } });
+    const { tasks: claimed } = await t.grpcJs.workers.claimTasks({ workerId: "w", toolNames: ["browser-life"], maxTasks: 1 });
+    const lease = claimed[0].lease!;
+    await t.workers("grpc").reportOutput({ taskId: task!.taskId, leaseId: lease.leaseId, output: fromJson(ValueSchema, { progress: 0.5 }) });
+    await t.workers("grpc").completeTask({ taskId: task!.taskId, leaseId: lease.leaseId, result: fromJson(ValueSchema, { answer: 42 }) });
+    await page.waitForFunction((n) => dashboard.watched(n).messages.some((m) => m.kind === "completed"), name);
+
+    const { messages, ended } = await page.evaluate((n) => dashboard.watched(n), name);
+    expect(ended).toBeUndefined();
+    const { events } = await t.tasks("grpc").listTaskEvents({ taskId: task!.taskId });
+    expect(messages.slice(1)).toEqual([
+      { kind: "queued", sequence: Number(events[0].sequence), taskId: task!.taskId, agentId, status: "PENDING" },
+      { kind: "running", sequence: Number(events[1].sequence), taskId: task!.taskId, agentId, status: "RUNNING" },
+      { kind: "output", sequence: Number(events[2].sequence), taskId: task!.taskId, agentId, status: "RUNNING", output: { progress: 0.5 } },
+      { kind: "completed", sequence: Number(events[3].sequence), taskId: task!.taskId, agentId, status: "COMPLETED", result: { answer: 42 } },
+    ]);
+    expect(events.map((e) => TaskStatus[e.status])).toEqual(["PENDING", "RUNNING", "RUNNING", "COMPLETED"]);
+
+    expect(streamsOpen()).toBe(1);
+    await page.evaluate((n) => dashboard.unwatch(n), name);
+    await expect.poll(streamsOpen, { timeout: 5000 }).toBe(0);
+    expect(await page.evaluate((n) => dashboard.watched(n).ended, name)).toMatchObject({ code: "Canceled" });
+  });
+
+  it.each(PROTOCOLS)("ends a browser's stream at its deadline over %s", async (protocol) => {
+    const name = `deadline-${protocol}`;
+    await page.evaluate(([n, url, p]) => dashboard.watch(n, url, p, { agentId: "nobody" }, 700), [name, t.server.url, protocol] as const);
+    await page.waitForFunction((n) => dashboard.watched(n).ended !== undefined, name, { timeout: 10_000 });
+    const { messages, ended } = await page.evaluate((n) => dashboard.watched(n), name);
+    expect(messages.map((m) => m.kind)).toEqual(["snapshotComplete"]);
+    expect(ended?.code).toBe("DeadlineExceeded");
+    await expect.poll(streamsOpen, { timeout: 5000 }).toBe(0);
+  });
+
+  it("answers no page from an origin it does not list", async () => {
+    const other = await openDashboard(otherPage.origin);
+    try {
+      const agentId = "from-elsewhere";
+      const seen = await other.page.evaluate(([url, a]) => dashboard.dispatchAndRead(url, "connect-json", a), [t.server.url, agentId] as const);
+      // The preflight was refused, so the browser never sent the dispatch.
+      expect(seen).toMatchObject({ error: { code: "Unknown" } });
+      expect((await t.tasks("grpc").listTasks({ filter: { agentId } })).tasks).toEqual([]);
+    } finally {
+      await other.page.close();
+    }
+  });
+});
