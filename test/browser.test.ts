@@ -1,14 +1,23 @@
-import { existsSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
 import { fromJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { build } from "esbuild";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/taskstream/v1/task_pb.js";
+import { TaskService } from "../gen/taskstream/v1/task_service_pb.js";
+import { WorkerService } from "../gen/taskstream/v1/worker_service_pb.js";
 import type * as Dashboard from "./browser/dashboard.js";
-import { DIALECTS, startTestServer, type TestServer } from "./support/test-server.js";
+import type { WebProtocol } from "./browser/dashboard.js";
+import { DIALECTS, freshDatabase, startTestServer, startWith, withClients, type TestServer } from "./support/test-server.js";
 
 /**
  * A dashboard in Debian's Chromium, on a page served from another origin than
@@ -79,13 +88,79 @@ async function openDashboard(origin: string): Promise<{ page: Page; requests: { 
   return { page, requests };
 }
 
+/** The server as the test sees it beside the page: its URL, clients of its own, its open-stream gauge. */
+interface Backend {
+  url: string;
+  tasks: Client<typeof TaskService>;
+  workers: Client<typeof WorkerService>;
+  streamsOpen(): number;
+}
+
+const backend = (t: TestServer): Backend => ({
+  url: t.server.url,
+  tasks: t.tasks("grpc"),
+  workers: t.workers("grpc"),
+  streamsOpen: () => t.server.deps.gauges.activeStreams,
+});
+
+/** The page dispatches a task and reads it back three ways; the server holds what the page saw. */
+async function expectDispatchAndReads(page: Page, server: Backend, protocol: WebProtocol, agentId: string) {
+  const seen = await page.evaluate(([url, p, a]) => dashboard.dispatchAndRead(url, p, a), [server.url, protocol, agentId] as const);
+  if ("error" in seen) throw new Error(`the page's calls failed: ${JSON.stringify(seen.error)}`);
+  const stored = (await server.tasks.getTask({ taskId: seen.taskId })).task!;
+  expect(seen).toEqual({
+    taskId: stored.taskId,
+    status: "PENDING",
+    args: { from: protocol, n: 1 },
+    listed: [stored.taskId],
+    totalSize: 1,
+    events: [{ sequence: Number(stored.sequence), kind: "queued" }],
+  });
+  expect(stored.agentId).toBe(agentId);
+}
+
+/** The page watches an agent while the test runs a task's life; then the page closes its view. */
+async function expectLiveLife(page: Page, server: Backend, protocol: WebProtocol, agentId: string) {
+  const name = `life-${agentId}`;
+  const toolName = `browser-life-${agentId}`;
+  await page.evaluate(([n, url, p, a]) => dashboard.watch(n, url, p, { agentId: a }), [name, server.url, protocol, agentId] as const);
+  await page.waitForFunction((n) => dashboard.watched(n).messages.some((m) => m.kind === "snapshotComplete"), name, { timeout: 10_000 });
+
+  const { task } = await server.tasks.dispatchTask({ toolName, agentId, args: { step: 1 } });
+  const taskId = task!.taskId;
+  const { tasks: claimed } = await server.workers.claimTasks({ workerId: "w", toolNames: [toolName], maxTasks: 1 });
+  const leaseId = claimed[0].lease!.leaseId;
+  await server.workers.reportOutput({ taskId, leaseId, output: fromJson(ValueSchema, { progress: 0.5 }) });
+  await server.workers.completeTask({ taskId, leaseId, result: fromJson(ValueSchema, { answer: 42 }) });
+  await page.waitForFunction((n) => dashboard.watched(n).messages.some((m) => m.kind === "completed"), name, { timeout: 10_000 });
+
+  const { messages, ended } = await page.evaluate((n) => dashboard.watched(n), name);
+  expect(ended).toBeUndefined();
+  const { events } = await server.tasks.listTaskEvents({ taskId });
+  const seq = events.map((e) => Number(e.sequence));
+  expect(messages.slice(1)).toEqual([
+    { kind: "queued", sequence: seq[0], taskId, agentId, status: "PENDING" },
+    { kind: "running", sequence: seq[1], taskId, agentId, status: "RUNNING" },
+    { kind: "output", sequence: seq[2], taskId, agentId, status: "RUNNING", output: { progress: 0.5 } },
+    { kind: "completed", sequence: seq[3], taskId, agentId, status: "COMPLETED", result: { answer: 42 } },
+  ]);
+  expect(events.map((e) => TaskStatus[e.status])).toEqual(["PENDING", "RUNNING", "RUNNING", "COMPLETED"]);
+
+  expect(server.streamsOpen()).toBe(1);
+  await page.evaluate((n) => dashboard.unwatch(n), name);
+  await expect.poll(() => server.streamsOpen(), { timeout: 5000 }).toBe(0);
+  expect(await page.evaluate((n) => dashboard.watched(n).ended, name)).toMatchObject({ code: "Canceled" });
+}
+
 describe.each(DIALECTS)("a browser dashboard (%s)", (dialect) => {
   let t: TestServer;
+  let server: Backend;
   let page: Page;
   let requests: { method: string; url: string }[];
 
   beforeAll(async () => {
     t = await startTestServer(dialect, { corsOrigins: [allowedPage.origin] });
+    server = backend(t);
     ({ page, requests } = await openDashboard(allowedPage.origin));
   });
   afterAll(async () => {
@@ -93,22 +168,8 @@ describe.each(DIALECTS)("a browser dashboard (%s)", (dialect) => {
     await t?.close();
   });
 
-  const streamsOpen = () => t.server.deps.gauges.activeStreams;
-
   it.each(PROTOCOLS)("dispatches and reads a task from another origin over %s", async (protocol) => {
-    const agentId = `browser-${protocol}`;
-    const seen = await page.evaluate(([url, p, a]) => dashboard.dispatchAndRead(url, p, a), [t.server.url, protocol, agentId] as const);
-    if ("error" in seen) throw new Error(`the page's calls failed: ${JSON.stringify(seen.error)}`);
-    const stored = (await t.tasks("grpc").getTask({ taskId: seen.taskId })).task!;
-    expect(seen).toEqual({
-      taskId: stored.taskId,
-      status: "PENDING",
-      args: { from: protocol, n: 1 },
-      listed: [stored.taskId],
-      totalSize: 1,
-      events: [{ sequence: Number(stored.sequence), kind: "queued" }],
-    });
-    expect(stored.agentId).toBe(agentId);
+    await expectDispatchAndReads(page, server, protocol, `browser-${protocol}`);
     // Connect-Web sent the three reads as GETs, gRPC-Web has only POST.
     const reads = requests.filter((r) => r.url.startsWith(t.server.url) && /\/(GetTask|ListTasks|ListTaskEvents)\b/.test(r.url));
     const expected = protocol === "grpc-web" ? "POST" : "GET";
@@ -116,33 +177,7 @@ describe.each(DIALECTS)("a browser dashboard (%s)", (dialect) => {
   });
 
   it.each(PROTOCOLS)("watches a task's life live over %s, and an abort releases the stream", async (protocol) => {
-    const agentId = `watched-${dialect}-${protocol}`;
-    const name = `life-${protocol}`;
-    await page.evaluate(([n, url, p, a]) => dashboard.watch(n, url, p, { agentId: a }), [name, t.server.url, protocol, agentId] as const);
-    await page.waitForFunction((n) => dashboard.watched(n).messages.some((m) => m.kind === "snapshotComplete"), name);
-
-    const { task } = await t.tasks("grpc").dispatchTask({ toolName: "browser-life", agentId, args: { step: 1 } });
-    const { tasks: claimed } = await t.grpcJs.workers.claimTasks({ workerId: "w", toolNames: ["browser-life"], maxTasks: 1 });
-    const lease = claimed[0].lease!;
-    await t.workers("grpc").reportOutput({ taskId: task!.taskId, leaseId: lease.leaseId, output: fromJson(ValueSchema, { progress: 0.5 }) });
-    await t.workers("grpc").completeTask({ taskId: task!.taskId, leaseId: lease.leaseId, result: fromJson(ValueSchema, { answer: 42 }) });
-    await page.waitForFunction((n) => dashboard.watched(n).messages.some((m) => m.kind === "completed"), name);
-
-    const { messages, ended } = await page.evaluate((n) => dashboard.watched(n), name);
-    expect(ended).toBeUndefined();
-    const { events } = await t.tasks("grpc").listTaskEvents({ taskId: task!.taskId });
-    expect(messages.slice(1)).toEqual([
-      { kind: "queued", sequence: Number(events[0].sequence), taskId: task!.taskId, agentId, status: "PENDING" },
-      { kind: "running", sequence: Number(events[1].sequence), taskId: task!.taskId, agentId, status: "RUNNING" },
-      { kind: "output", sequence: Number(events[2].sequence), taskId: task!.taskId, agentId, status: "RUNNING", output: { progress: 0.5 } },
-      { kind: "completed", sequence: Number(events[3].sequence), taskId: task!.taskId, agentId, status: "COMPLETED", result: { answer: 42 } },
-    ]);
-    expect(events.map((e) => TaskStatus[e.status])).toEqual(["PENDING", "RUNNING", "RUNNING", "COMPLETED"]);
-
-    expect(streamsOpen()).toBe(1);
-    await page.evaluate((n) => dashboard.unwatch(n), name);
-    await expect.poll(streamsOpen, { timeout: 5000 }).toBe(0);
-    expect(await page.evaluate((n) => dashboard.watched(n).ended, name)).toMatchObject({ code: "Canceled" });
+    await expectLiveLife(page, server, protocol, `watched-${dialect}-${protocol}`);
   });
 
   it.each(PROTOCOLS)("ends a browser's stream at its deadline over %s", async (protocol) => {
@@ -152,7 +187,7 @@ describe.each(DIALECTS)("a browser dashboard (%s)", (dialect) => {
     const { messages, ended } = await page.evaluate((n) => dashboard.watched(n), name);
     expect(messages.map((m) => m.kind)).toEqual(["snapshotComplete"]);
     expect(ended?.code).toBe("DeadlineExceeded");
-    await expect.poll(streamsOpen, { timeout: 5000 }).toBe(0);
+    await expect.poll(server.streamsOpen, { timeout: 5000 }).toBe(0);
   });
 
   it("answers no page from an origin it does not list", async () => {
@@ -166,5 +201,57 @@ describe.each(DIALECTS)("a browser dashboard (%s)", (dialect) => {
     } finally {
       await other.page.close();
     }
+  });
+});
+
+describe("a browser dashboard over HTTPS", () => {
+  let dir: string;
+  let t: TestServer;
+  let page: Page;
+  /** The protocol Chromium used for each response from the server, as its network log reports it. */
+  const protocols = new Set<string>();
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "taskstream-browser-tls-"));
+    const [cert, key] = [join(dir, "cert.pem"), join(dir, "key.pem")];
+    await promisify(execFile)("openssl", [
+      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+      "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1",
+    ]);
+    const database = await freshDatabase("sqlite");
+    const server = await startWith(database.location, { tlsCert: cert, tlsKey: key, corsOrigins: [allowedPage.origin], shutdownGraceMs: 300 });
+    // The test's own clients speak to it over HTTPS too, trusting the same certificate.
+    const ca = readFileSync(cert);
+    const transport = createGrpcTransport({ baseUrl: server.url, nodeOptions: { ca } });
+    t = {
+      ...withClients(server, database.location, async () => {
+        await server.close();
+        await database.drop();
+      }),
+      tasks: () => createClient(TaskService, transport),
+      workers: () => createClient(WorkerService, transport),
+    };
+    // The certificate is this test's own: the browser is told to accept it.
+    const context = await browser.newContext({ ignoreHTTPSErrors: true });
+    page = await context.newPage();
+    const cdp = await context.newCDPSession(page);
+    await cdp.send("Network.enable");
+    cdp.on("Network.responseReceived", ({ response }) => {
+      if (response.url.startsWith(t.server.url)) protocols.add(response.protocol ?? "");
+    });
+    await page.goto(allowedPage.origin);
+    await page.waitForFunction(() => typeof dashboard === "object");
+  });
+  afterAll(async () => {
+    await page?.context().close();
+    await t?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it.each(PROTOCOLS)("calls and streams over HTTP/2 with %s", async (protocol) => {
+    await expectDispatchAndReads(page, backend(t), protocol, `tls-${protocol}`);
+    await expectLiveLife(page, backend(t), protocol, `tls-watched-${protocol}`);
+    // ALPN gave the browser HTTP/2 for the calls, as it does for any HTTPS server that offers it.
+    expect([...protocols]).toEqual(["h2"]);
   });
 });
