@@ -62,7 +62,7 @@ let allowedPage: Awaited<ReturnType<typeof servePage>>;
 let otherPage: Awaited<ReturnType<typeof servePage>>;
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: run 'npm run setup:browser' (Debian's chromium), or set CHROMIUM_PATH`);
+  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: run 'npm run setup' (Debian's chromium), or set CHROMIUM_PATH`);
   script = await bundleDashboard();
   [allowedPage, otherPage] = await Promise.all([servePage(script), servePage(script)]);
   browser = await chromium.launch({
