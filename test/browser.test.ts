@@ -255,3 +255,60 @@ describe("a browser dashboard over HTTPS", () => {
     expect([...protocols]).toEqual(["h2"]);
   });
 });
+
+describe("a browser dashboard following the stream with clients/ts/follow.ts", () => {
+  let database: Awaited<ReturnType<typeof freshDatabase>>;
+  let server: Awaited<ReturnType<typeof startWith>>;
+  let page: Page;
+  const agentId = "browser-follower";
+  const start = (port = 0) => startWith(database.location, { port, corsOrigins: [allowedPage.origin], shutdownDrainMs: 0, shutdownGraceMs: 300 });
+  const tasks = () => createClient(TaskService, createGrpcTransport({ baseUrl: server.url }));
+  const workers = () => createClient(WorkerService, createGrpcTransport({ baseUrl: server.url }));
+
+  beforeAll(async () => {
+    database = await freshDatabase("sqlite");
+    server = await start();
+    ({ page } = await openDashboard(allowedPage.origin));
+  });
+  afterAll(async () => {
+    await page?.close();
+    await server?.close();
+    await database?.drop();
+  });
+
+  const runTasks = async (prefix: string) => {
+    for (let i = 0; i < 3; i++) {
+      const { task, lease } = await tasks().dispatchTask({ toolName: "browser-follow", toolCallId: `${prefix}-${i}`, agentId, claim: { workerId: "w" } });
+      await workers().completeTask({ taskId: task!.taskId, leaseId: lease!.leaseId });
+    }
+  };
+
+  it("resumes in Chromium from its cursor after the server restarts, losing and repeating nothing", async () => {
+    await page.evaluate(([url, a]) => dashboard.follow("restart", url, "connect-json", { agentId: a }), [server.url, agentId] as const);
+    await page.waitForFunction(() => dashboard.watched("restart").messages.some((m) => m.kind === "snapshotComplete"), undefined, { timeout: 10_000 });
+    const snapshotAt = (await page.evaluate(() => dashboard.watched("restart").messages))[0].sequence;
+    await runTasks("before");
+
+    // The same port and file: the page's origin stays allowed, its cursor stays valid.
+    const port = server.port;
+    await server.close();
+    server = await start(port);
+    await runTasks("after");
+
+    const { tasks: listed } = await tasks().listTasks({ filter: { agentId } });
+    const logged = (await Promise.all(listed.map(async (task) => (await tasks().listTaskEvents({ taskId: task.taskId })).events))).flat();
+    const expected = logged.filter((e) => e.sequence > BigInt(snapshotAt)).map((e) => Number(e.sequence)).sort((a, b) => a - b);
+    expect(expected).toHaveLength(18);
+    await page.waitForFunction(
+      (n) => dashboard.watched("restart").messages.filter((m) => m.kind !== "heartbeat" && m.kind !== "snapshotComplete").length >= n,
+      expected.length,
+      { timeout: 20_000 },
+    );
+    const { messages, retries, ended } = await page.evaluate(() => dashboard.watched("restart"));
+    await page.evaluate(() => dashboard.unwatch("restart"));
+    expect(ended).toBeUndefined();
+    expect(messages.filter((m) => m.kind !== "heartbeat" && m.kind !== "snapshotComplete").map((m) => m.sequence)).toEqual(expected);
+    expect(retries.length).toBeGreaterThanOrEqual(1);
+    expect(retries.filter((r) => r.startsWith("restart"))).toEqual([]);
+  });
+});

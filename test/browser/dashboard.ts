@@ -10,6 +10,7 @@ import { Code, ConnectError, createClient, type Transport } from "@connectrpc/co
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 import { TaskStatus, type TaskFilter } from "../../gen/taskstream/v1/task_pb.js";
 import { TaskService, type StreamTasksResponse } from "../../gen/taskstream/v1/task_service_pb.js";
+import { TaskFollower } from "../../clients/ts/follow.js";
 
 export type WebProtocol = "connect-json" | "connect-binary" | "grpc-web";
 
@@ -53,6 +54,8 @@ interface Watch {
   messages: ReturnType<typeof summary>[];
   ended?: { code: string; message?: string };
   abort: AbortController;
+  /** With `follow`: the errors the follower resumed after. */
+  retries: string[];
 }
 
 const watches = new Map<string, Watch>();
@@ -74,7 +77,7 @@ function summary(response: StreamTasksResponse) {
 
 /** Opens StreamTasks under `name`; `watched` tells what it has received so far. */
 export function watch(name: string, baseUrl: string, protocol: WebProtocol, filter: Omit<Partial<TaskFilter>, "$typeName">, timeoutMs?: number): void {
-  const w: Watch = { messages: [], abort: new AbortController() };
+  const w: Watch = { messages: [], abort: new AbortController(), retries: [] };
   watches.set(name, w);
   void (async () => {
     try {
@@ -88,9 +91,32 @@ export function watch(name: string, baseUrl: string, protocol: WebProtocol, filt
   })();
 }
 
-export function watched(name: string): Pick<Watch, "messages" | "ended"> {
+/** Like `watch`, through clients/ts/follow.ts: resumes from its cursor after any disconnect. */
+export function follow(name: string, baseUrl: string, protocol: WebProtocol, filter: Omit<Partial<TaskFilter>, "$typeName">): void {
+  const w: Watch = { messages: [], abort: new AbortController(), retries: [] };
+  watches.set(name, w);
+  const follower = new TaskFollower(tasks(baseUrl, protocol), { filter, heartbeatInterval: { nanos: 200_000_000 } }, {
+    signal: w.abort.signal,
+    minBackoffMs: 50,
+    maxBackoffMs: 500,
+    onRetry: (error) => w.retries.push(error.message),
+  });
+  void (async () => {
+    try {
+      for await (const { response, restart } of follower.messages()) {
+        w.messages.push(response ? summary(response) : { kind: "restart", sequence: 0 });
+        if (restart) w.retries.push(`restart: ${restart.message}`);
+      }
+      w.ended = { code: "OK" };
+    } catch (error) {
+      w.ended = failure(error);
+    }
+  })();
+}
+
+export function watched(name: string): Pick<Watch, "messages" | "ended" | "retries"> {
   const w = watches.get(name)!;
-  return { messages: w.messages, ended: w.ended };
+  return { messages: w.messages, ended: w.ended, retries: w.retries };
 }
 
 /** The dashboard closes its view: the stream's fetch is aborted. */
