@@ -17,7 +17,7 @@ import { TaskService } from "../gen/taskstream/v1/task_service_pb.js";
 import { WorkerService } from "../gen/taskstream/v1/worker_service_pb.js";
 import type * as Dashboard from "./browser/dashboard.js";
 import type { WebProtocol } from "./browser/dashboard.js";
-import { DIALECTS, freshDatabase, startTestServer, startWith, withClients, type TestServer } from "./support/test-server.js";
+import { connectClients, DIALECTS, freshDatabase, startTestServer, startWith, withClients, type TestServer } from "./support/test-server.js";
 
 /**
  * A dashboard in Debian's Chromium, on a page served from another origin than
@@ -261,17 +261,22 @@ describe("a browser dashboard following the stream with clients/ts/follow.ts", (
   let server: Awaited<ReturnType<typeof startWith>>;
   let page: Page;
   const agentId = "browser-follower";
-  const start = (port = 0) => startWith(database.location, { port, corsOrigins: [allowedPage.origin], shutdownDrainMs: 0, shutdownGraceMs: 300 });
-  const tasks = () => createClient(TaskService, createGrpcTransport({ baseUrl: server.url }));
-  const workers = () => createClient(WorkerService, createGrpcTransport({ baseUrl: server.url }));
+  let clients: ReturnType<typeof connectClients>;
+  const start = async (port = 0) => {
+    server = await startWith(database.location, { port, corsOrigins: [allowedPage.origin], shutdownDrainMs: 0, shutdownGraceMs: 300 });
+    clients = connectClients(server.url, server.port);
+  };
+  const tasks = () => clients.tasks();
+  const workers = () => clients.workers();
 
   beforeAll(async () => {
     database = await freshDatabase("sqlite");
-    server = await start();
+    await start();
     ({ page } = await openDashboard(allowedPage.origin));
   });
   afterAll(async () => {
     await page?.close();
+    clients?.close();
     await server?.close();
     await database?.drop();
   });
@@ -291,8 +296,9 @@ describe("a browser dashboard following the stream with clients/ts/follow.ts", (
 
     // The same port and file: the page's origin stays allowed, its cursor stays valid.
     const port = server.port;
+    clients.close();
     await server.close();
-    server = await start(port);
+    await start(port);
     await runTasks("after");
 
     const { tasks: listed } = await tasks().listTasks({ filter: { agentId } });

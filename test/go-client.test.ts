@@ -3,20 +3,13 @@
  * their own `taskstream serve` processes. Here so that `npm test` runs them.
  * The first run downloads the Go modules and builds, hence the long timeout.
  */
-import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { runCommand } from "./support/run-command.js";
 
 const dir = fileURLToPath(new URL("../clients/go", import.meta.url));
 
-function go(args: string[]): Promise<{ code: number; output: string }> {
-  return new Promise((resolve) => {
-    execFile("go", args, { cwd: dir, maxBuffer: 64 * 2 ** 20, env: { ...process.env, GOFLAGS: "-mod=readonly" } }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
-      resolve({ code, output: `${err && typeof err.code !== "number" ? `${err.message}\n` : ""}${stdout}${stderr}` });
-    });
-  });
-}
+const go = (args: string[]) => runCommand("go", args, { cwd: dir, env: { ...process.env, GOFLAGS: "-mod=readonly" } });
 
 describe("Go client (clients/go)", () => {
   it("passes go vet and go test", { timeout: 900_000 }, async () => {

@@ -1,9 +1,10 @@
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TaskFollower, errorReason, oldestSequence, type FollowMessage } from "../clients/ts/follow.js";
+import { TaskFollower, oldestSequence, type FollowMessage } from "../clients/ts/follow.js";
 import type { TaskEvent } from "../gen/taskstream/v1/task_pb.js";
 import { TaskService } from "../gen/taskstream/v1/task_service_pb.js";
+import { errorReason } from "../src/errors.js";
 import type { TaskstreamServer } from "../src/server/server.js";
 import { eventually } from "./support/streams.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
@@ -89,6 +90,7 @@ describe("the TypeScript follower (clients/ts/follow.ts)", () => {
     const port = server.port;
     await server.close();
     server = await startWith(database.location, { port, shutdownDrainMs: 0 });
+    await t.close();
     t = withClients(server, database.location, async () => {});
     for (let i = 0; i < 5; i++) await dispatchAndComplete(`d-${i}`);
 
@@ -113,7 +115,7 @@ describe("the TypeScript follower (clients/ts/follow.ts)", () => {
     abort.abort();
     await r.done;
     const restart = r.seen[0].restart!;
-    expect(errorReason(restart).reason).toBe("CURSOR_EXPIRED");
+    expect(errorReason(restart)).toBe("CURSOR_EXPIRED");
     expect(oldestSequence(restart)).toBe(BigInt(Number(last_sequence) - 1));
     expect(r.snapshotEvents().map((e) => e.toolCallId)).toEqual(["still-running"]);
   });

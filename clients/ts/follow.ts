@@ -7,6 +7,7 @@
 import { clone, create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { errorReason } from "../../src/errors.js";
 import {
   StreamTasksRequestSchema,
   type StreamTasksRequest,
@@ -108,7 +109,7 @@ export class TaskFollower {
       }
       if (signal?.aborted) return;
       if (delivered) wait = minWait;
-      if (errorReason(error).reason === "CURSOR_EXPIRED" && this.position !== undefined) {
+      if (errorReason(error) === "CURSOR_EXPIRED" && this.position !== undefined) {
         this.position = undefined;
         yield { snapshot: false, restart: error };
         continue;
@@ -136,10 +137,14 @@ export class TaskFollower {
     const stop = () => call.abort();
     this.options.signal?.addEventListener("abort", stop);
     const silence = silenceLimitMs(request);
-    let timer = setTimeout(stop, silence);
+    // One timer per call, not one per message: a replay can bring thousands a
+    // second. Time the consumer spends on a message is not the call's silence.
+    let heard = Date.now();
+    let consuming = false;
+    const watchdog = setInterval(() => !consuming && Date.now() - heard > silence && stop(), Math.min(1000, silence / 4));
     try {
       for await (const response of this.client.streamTasks(request, { signal: call.signal })) {
-        clearTimeout(timer);
+        consuming = true;
         const m = response.message;
         const sequence = m.case === undefined ? undefined : m.value.sequence;
         const moves = m.case === "snapshotComplete" || !inSnapshot;
@@ -147,14 +152,15 @@ export class TaskFollower {
         // The consumer asked for the next message: this one is handled.
         if (m.case === "snapshotComplete") inSnapshot = false;
         if (moves && sequence !== undefined && (this.position === undefined || sequence > this.position)) this.position = sequence;
-        timer = setTimeout(stop, silence);
+        consuming = false;
+        heard = Date.now();
       }
     } catch (err) {
       // A call this follower gave up on for its silence fails as UNAVAILABLE, and is resumed.
       if (call.signal.aborted && !this.options.signal?.aborted) throw new ConnectError(`StreamTasks sent nothing for ${silence} ms`, Code.Unavailable);
       throw err;
     } finally {
-      clearTimeout(timer);
+      clearInterval(watchdog);
       call.abort();
       this.options.signal?.removeEventListener("abort", stop);
     }
@@ -189,14 +195,9 @@ export function retryable(error: ConnectError): boolean {
   return [Code.Unavailable, Code.Unknown, Code.Internal, Code.Aborted, Code.Canceled, Code.DeadlineExceeded].includes(error.code);
 }
 
-/** The reason of a taskstream error's ErrorInfo ("CURSOR_EXPIRED", "LEASE_MISMATCH", ...) and its metadata. */
-export function errorReason(error: unknown): { reason: string; metadata: Record<string, string> } {
-  const info = ConnectError.from(error).findDetails(ErrorInfoSchema)[0];
-  return { reason: info?.reason ?? "", metadata: info?.metadata ?? {} };
-}
-
-/** The oldest cursor the server still holds, from a CURSOR_EXPIRED error. */
+/** The oldest cursor the server still holds, from a CURSOR_EXPIRED error (its reason: `errorReason` in src/errors.ts). */
 export function oldestSequence(error: unknown): bigint | undefined {
-  const { reason, metadata } = errorReason(error);
-  return reason === "CURSOR_EXPIRED" && metadata.oldest_sequence !== undefined ? BigInt(metadata.oldest_sequence) : undefined;
+  const info = ConnectError.from(error).findDetails(ErrorInfoSchema)[0];
+  const oldest = info?.reason === "CURSOR_EXPIRED" ? info.metadata.oldest_sequence : undefined;
+  return oldest === undefined ? undefined : BigInt(oldest);
 }

@@ -75,15 +75,15 @@ function summary(response: StreamTasksResponse) {
   };
 }
 
-/** Opens StreamTasks under `name`; `watched` tells what it has received so far. */
-export function watch(name: string, baseUrl: string, protocol: WebProtocol, filter: Omit<Partial<TaskFilter>, "$typeName">, timeoutMs?: number): void {
+type Filter = Omit<Partial<TaskFilter>, "$typeName">;
+
+/** Reads `read`'s messages into a watch named `name` until it ends; `watched` tells what it has so far. */
+function track(name: string, read: (w: Watch) => AsyncIterable<ReturnType<typeof summary>>): void {
   const w: Watch = { messages: [], abort: new AbortController(), retries: [] };
   watches.set(name, w);
   void (async () => {
     try {
-      for await (const response of tasks(baseUrl, protocol).streamTasks({ filter }, { signal: w.abort.signal, timeoutMs })) {
-        w.messages.push(summary(response));
-      }
+      for await (const message of read(w)) w.messages.push(message);
       w.ended = { code: "OK" };
     } catch (error) {
       w.ended = failure(error);
@@ -91,27 +91,27 @@ export function watch(name: string, baseUrl: string, protocol: WebProtocol, filt
   })();
 }
 
-/** Like `watch`, through clients/ts/follow.ts: resumes from its cursor after any disconnect. */
-export function follow(name: string, baseUrl: string, protocol: WebProtocol, filter: Omit<Partial<TaskFilter>, "$typeName">): void {
-  const w: Watch = { messages: [], abort: new AbortController(), retries: [] };
-  watches.set(name, w);
-  const follower = new TaskFollower(tasks(baseUrl, protocol), { filter, heartbeatInterval: { nanos: 200_000_000 } }, {
-    signal: w.abort.signal,
-    minBackoffMs: 50,
-    maxBackoffMs: 500,
-    onRetry: (error) => w.retries.push(error.message),
+/** Opens StreamTasks under `name`, once: it ends with the call. */
+export function watch(name: string, baseUrl: string, protocol: WebProtocol, filter: Filter, timeoutMs?: number): void {
+  track(name, async function* (w) {
+    for await (const response of tasks(baseUrl, protocol).streamTasks({ filter }, { signal: w.abort.signal, timeoutMs })) yield summary(response);
   });
-  void (async () => {
-    try {
-      for await (const { response, restart } of follower.messages()) {
-        w.messages.push(response ? summary(response) : { kind: "restart", sequence: 0 });
-        if (restart) w.retries.push(`restart: ${restart.message}`);
-      }
-      w.ended = { code: "OK" };
-    } catch (error) {
-      w.ended = failure(error);
+}
+
+/** Like `watch`, through clients/ts/follow.ts: resumes from its cursor after any disconnect. */
+export function follow(name: string, baseUrl: string, protocol: WebProtocol, filter: Filter): void {
+  track(name, async function* (w) {
+    const follower = new TaskFollower(tasks(baseUrl, protocol), { filter, heartbeatInterval: { nanos: 200_000_000 } }, {
+      signal: w.abort.signal,
+      minBackoffMs: 50,
+      maxBackoffMs: 500,
+      onRetry: (error) => w.retries.push(error.message),
+    });
+    for await (const { response, restart } of follower.messages()) {
+      if (restart) w.retries.push(`restart: ${restart.message}`);
+      yield response ? summary(response) : { kind: "restart", sequence: 0 };
     }
-  })();
+  });
 }
 
 export function watched(name: string): Pick<Watch, "messages" | "ended" | "retries"> {

@@ -134,7 +134,7 @@ class Follower:
         tasks: task_service_pb2_grpc.TaskServiceStub,
         request: task_service_pb2.StreamTasksRequest,
         *,
-        retry: Callable[[grpc.RpcError], bool] = None,
+        retry: Optional[Callable[[grpc.RpcError], bool]] = None,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
         on_retry: Optional[Callable[[grpc.RpcError, float], None]] = None,
@@ -175,7 +175,7 @@ class Follower:
                     delivered = True
                     yield message
                 # The server does not end a stream unprompted: resume as after any disconnect.
-                error: grpc.RpcError = _StreamEnded()
+                error: grpc.RpcError = _Unavailable("StreamTasks ended")
             except grpc.RpcError as e:
                 error = e
             if self._closed.is_set():
@@ -257,7 +257,7 @@ class Follower:
                     if self._closed.is_set():
                         return
                     if time.monotonic() > deadline:
-                        raise _Silent(silence_limit) from None
+                        raise _Unavailable(f"StreamTasks sent nothing for {silence_limit:g} s") from None
                     continue
                 deadline = time.monotonic() + silence_limit
                 if item is _END:
@@ -266,8 +266,8 @@ class Follower:
                     raise item
                 yield item
         finally:
+            # The caller, _one_call, cancels the call.
             done.set()
-            call.cancel()
 
     def _set_cursor(self, cursor: Optional[int]) -> None:
         with self._lock:
@@ -295,31 +295,19 @@ def _silence_limit(request: task_service_pb2.StreamTasksRequest) -> float:
     return 2 * interval + 5.0
 
 
-class _Silent(grpc.RpcError):
-    """A call that sent nothing, not even a heartbeat, for too long: taken as UNAVAILABLE."""
+class _Unavailable(grpc.RpcError):
+    """A call the Follower ends itself, and resumes like a lost connection: one
+    the server ended without an error, or one silent for too long."""
 
-    def __init__(self, seconds: float):
-        super().__init__()
-        self._seconds = seconds
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return f"StreamTasks sent nothing for {self._seconds:g} s"
-
-    def trailing_metadata(self):
-        return ()
-
-
-class _StreamEnded(grpc.RpcError):
-    """A stream the server ended without an error, taken as UNAVAILABLE."""
+    def __init__(self, details: str):
+        super().__init__(details)
+        self._details = details
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.UNAVAILABLE
 
     def details(self) -> str:
-        return "StreamTasks ended"
+        return self._details
 
     def trailing_metadata(self):
         return ()
