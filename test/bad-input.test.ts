@@ -4,10 +4,13 @@ import http2 from "node:http2";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
+import { fromJson, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
+import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { TaskStatus, type Task } from "../gen/taskstream/v1/task_pb.js";
 import { Backpressure, TaskService, TaskTimeField } from "../gen/taskstream/v1/task_service_pb.js";
+import { MAX_JSON_DEPTH } from "../src/service/validate.js";
 import { expectError, expectGrpcJsError } from "./support/expect-error.js";
 import { DIALECTS, startTestServer, type TestServer } from "./support/test-server.js";
 
@@ -336,6 +339,49 @@ for (const dialect of DIALECTS) {
           expect(err, "the call should have failed").toBeDefined();
           expect(Code[err!.code], err!.message).toBe(Code[Code.InvalidArgument]);
         }
+      });
+    });
+
+    describe("nested values", () => {
+      /** A JSON object nesting `depth` lists and objects, alternately, around a number. */
+      const nested = (depth: number): JsonObject => {
+        let v: JsonValue = 1;
+        for (let i = 1; i < depth; i++) v = i % 2 ? [v] : { a: v };
+        return { a: v };
+      };
+      const value = (depth: number) => fromJson(ValueSchema, nested(depth));
+
+      it(`refuses values nested more than ${MAX_JSON_DEPTH} levels, and clients decode every message of a task at the limit`, async () => {
+        const toolName = `${tool}-deep`;
+        const w = t.workers();
+        const { task, lease } = await t.tasks().dispatchTask({ toolName, args: nested(MAX_JSON_DEPTH), claim: { workerId: "w-deep" } });
+        created++;
+        const held = { taskId: task!.taskId, leaseId: lease!.leaseId };
+        await w.reportOutput({ ...held, output: value(MAX_JSON_DEPTH) });
+
+        const over = MAX_JSON_DEPTH + 1;
+        await expectInvalid(t.tasks().dispatchTask({ toolName, args: nested(over) }), "args");
+        await expectInvalid(t.tasks().dispatchTasks({ requests: [{ toolName, args: nested(over) }] }), "requests[0].args");
+        await expectInvalid(w.reportOutput({ ...held, output: value(over) }), "output");
+        await expectInvalid(w.completeTask({ ...held, result: value(over) }), "result");
+        await expectInvalid(w.suspendTask({ ...held, payload: value(over) }), "payload");
+        await expectInvalid(w.failTask({ ...held, error: { message: "m", details: nested(over) } }), "error.details");
+        await expectInvalid(t.tasks().resumeTask({ taskId: suspended.taskId, resumeData: value(over) }), "resume_data");
+
+        // The deepest wrapping: StreamTasksResponse > TaskEvent > failed > TaskError > details.
+        await w.failTask({ ...held, error: { message: "m", details: nested(MAX_JSON_DEPTH) } });
+        const kinds: string[] = [];
+        for await (const m of t.tasks().streamTasks({ filter: { taskId: held.taskId }, afterSequence: 0n }, { timeoutMs: 10_000 })) {
+          if (m.message.case !== "event") continue;
+          kinds.push(m.message.value.kind.case!);
+          if (m.message.value.kind.case === "failed") break;
+        }
+        expect(kinds).toEqual(["queued", "running", "output", "failed"]);
+        const { task: read } = await t.grpcJs.tasks.getTask({ taskId: held.taskId });
+        expect(read!.args).toEqual(nested(MAX_JSON_DEPTH));
+        expect(read!.error!.details).toEqual(nested(MAX_JSON_DEPTH));
+        expect((await t.tasks().listTaskEvents({ taskId: held.taskId })).events).toHaveLength(4);
+        expect((await t.tasks("connect-json").listTasks({ filter: { toolName } })).tasks[0].args).toEqual(nested(MAX_JSON_DEPTH));
       });
     });
 

@@ -63,33 +63,54 @@ export function taskFilter(filter: TaskFilter | undefined): EventFilter {
   };
 }
 
-/** A Value must have a kind and finite numbers: it is stored and served as JSON. */
+/**
+ * How many lists and structs a JSON value may nest. Each costs a decoder two
+ * message levels (the Struct or ListValue, then its Value), and protobuf-es
+ * and Python's protobuf refuse messages over 100 levels: a value at this
+ * limit still decodes inside any message that carries it, where a deeper one
+ * would be stored and then fail every client that reads it (every stream
+ * replaying its event).
+ */
+export const MAX_JSON_DEPTH = 32;
+
+/** A Value must have a kind, finite numbers and at most MAX_JSON_DEPTH nested levels: it is stored and served as JSON. */
 export function requireJsonValue(field: string, value: Value | undefined): Value | undefined {
   if (value === undefined) return undefined;
-  const kind = value.kind;
-  switch (kind.case) {
-    case undefined:
-      throw invalidArgument(field, "has no kind set");
-    case "numberValue":
-      if (!Number.isFinite(kind.value)) throw invalidArgument(field, "must be a finite number");
-      break;
-    case "structValue":
-      requireJsonObject(field, kind.value as unknown as JsonObject);
-      break;
-    case "listValue":
-      kind.value.values.forEach((v, i) => requireJsonValue(`${field}[${i}]`, v));
-      break;
-  }
+  const visit = (path: string, v: Value, depth: number): void => {
+    const kind = v.kind;
+    switch (kind.case) {
+      case undefined:
+        throw invalidArgument(path, "has no kind set");
+      case "numberValue":
+        if (!Number.isFinite(kind.value)) throw invalidArgument(path, "must be a finite number");
+        break;
+      case "structValue":
+        requireDepth(field, depth + 1);
+        for (const [key, x] of Object.entries(kind.value.fields)) visit(`${path}.${key}`, x, depth + 1);
+        break;
+      case "listValue":
+        requireDepth(field, depth + 1);
+        kind.value.values.forEach((x, i) => visit(`${path}[${i}]`, x, depth + 1));
+        break;
+    }
+  };
+  visit(field, value, 0);
   return value;
 }
 
-/** A Struct, as protobuf-es hands it over (plain JSON), must hold only finite numbers. */
+/** A Struct, as protobuf-es hands it over (plain JSON), must hold only finite numbers and nest at most MAX_JSON_DEPTH levels. */
 export function requireJsonObject(field: string, value: JsonObject | undefined): JsonObject {
-  const visit = (path: string, v: JsonValue): void => {
+  const visit = (path: string, v: JsonValue, depth: number): void => {
     if (typeof v === "number" && !Number.isFinite(v)) throw invalidArgument(path, "must be a finite number");
-    if (Array.isArray(v)) v.forEach((x, i) => visit(`${path}[${i}]`, x));
-    else if (v !== null && typeof v === "object") for (const [k, x] of Object.entries(v)) visit(`${path}.${k}`, x);
+    if (v === null || typeof v !== "object") return;
+    requireDepth(field, depth + 1);
+    if (Array.isArray(v)) v.forEach((x, i) => visit(`${path}[${i}]`, x, depth + 1));
+    else for (const [key, x] of Object.entries(v)) visit(`${path}.${key}`, x, depth + 1);
   };
-  visit(field, value ?? {});
+  visit(field, value ?? {}, 0);
   return value ?? {};
+}
+
+function requireDepth(field: string, depth: number): void {
+  if (depth > MAX_JSON_DEPTH) throw invalidArgument(field, `nests lists and objects more than ${MAX_JSON_DEPTH} levels deep`);
 }
