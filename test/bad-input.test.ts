@@ -142,6 +142,7 @@ for (const dialect of DIALECTS) {
         await expectInvalid(d({ toolName: tool, retryPolicy: { backoffMultiplier: 0.5 } }), "retry_policy.backoff_multiplier");
         await expectInvalid(d({ toolName: tool, retryPolicy: { backoffMultiplier: -2 } }), "retry_policy.backoff_multiplier");
         await expectInvalid(d({ toolName: tool, retryPolicy: { backoffMultiplier: Number.POSITIVE_INFINITY } }), "retry_policy.backoff_multiplier");
+        await expectInvalid(d({ toolName: tool, retryPolicy: { backoffMultiplier: Number.NaN } }), "retry_policy.backoff_multiplier");
         await expectInvalid(d({ toolName: tool, retryPolicy: { initialDelay: s(0) } }), "retry_policy.initial_delay");
         await expectInvalid(d({ toolName: tool, retryPolicy: { initialDelay: s(-1) } }), "retry_policy.initial_delay");
         await expectInvalid(d({ toolName: tool, retryPolicy: { maxDelay: s(0, -1) } }), "retry_policy.max_delay");

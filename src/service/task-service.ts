@@ -153,7 +153,8 @@ function dispatchedMessage({ task, created, lease }: Dispatched) {
 
 /** A dispatch's retry policy; what it leaves out comes from the settings. */
 function retryPolicy(policy: RetryPolicy | undefined, settings: Settings) {
-  const backoff = policy?.backoffMultiplier || settings.retryBackoff;
+  // 0 is proto3's unset; NaN is not, and is refused below.
+  const backoff = policy === undefined || policy.backoffMultiplier === 0 ? settings.retryBackoff : policy.backoffMultiplier;
   if (!(backoff >= 1) || !Number.isFinite(backoff)) throw invalidArgument("retry_policy.backoff_multiplier", "must be at least 1");
   const delay = (field: string, value: RetryPolicy["initialDelay"], fallback: number) =>
     value === undefined ? fallback : durationMs(field, value, { default: fallback, max: MAX_RETRY_DELAY_MS });
