@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import http2 from "node:http2";
 import https from "node:https";
@@ -518,6 +518,24 @@ describe("CLI", () => {
   it("serves with environment settings instead of flags", async () => {
     const database = join(dir, "env.db");
     await serveThenStop(["serve"], cleanEnv({ TASKSTREAM_PORT: "0", TASKSTREAM_DATABASE: database }), database);
+  });
+
+  it("exits with a message naming the database when it cannot open it, without hanging or leaking the password", async () => {
+    writeFileSync(join(dir, "not-a.db"), "not a database");
+    const cases = [
+      // Under /proc, Node's recursive mkdir spins forever: the server once hung here at 100% CPU.
+      { database: "/proc/taskstream-nope/x.db", says: "cannot open the database /proc/taskstream-nope/x.db: ENOENT" },
+      { database: join(dir, "not-a.db"), says: `cannot open the database ${join(dir, "not-a.db")}: file is not a database` },
+      { database: "postgres://someone:secret@127.0.0.1:1/x", says: "cannot open the database postgres://someone:***@127.0.0.1:1/x: connect ECONNREFUSED" },
+    ];
+    const runs = cases.map(({ database }) => taskstream(["serve", "--port", "0", "--database", database]));
+    const exits = await Promise.all(runs.map((run) => Promise.race([run.exited, sleep(15_000).then(() => undefined)])));
+    cases.forEach(({ says }, i) => {
+      expect(exits[i]?.code, says).toBe(2);
+      expect(runs[i].stderr()).toContain(says);
+      expect(runs[i].stderr()).not.toContain("secret");
+      expect(runs[i].logs.map((l) => l.msg)).not.toContain("taskstream listening");
+    });
   });
 
   it("refuses bad settings with a clear message and a non-zero exit, and prints help", async () => {

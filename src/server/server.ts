@@ -4,7 +4,7 @@ import type { Settings } from "../config.js";
 import { LogSignal } from "../fanout/log-signal.js";
 import { createLogger, type Logger } from "../log.js";
 import type { ServiceDeps } from "../service/deps.js";
-import { describeLocation, openDatabase } from "../storage/connect.js";
+import { describeLocation, openDatabase, type Db } from "../storage/connect.js";
 import { startMaintenance } from "../execution/maintenance.js";
 import { EventTail } from "../fanout/event-tail.js";
 import { migrateToLatest } from "../storage/migrate.js";
@@ -36,10 +36,23 @@ export interface TaskstreamServer {
   close(): Promise<void>;
 }
 
+/** The database, migrated; a failure names the database (password redacted) and leaves nothing open. */
+async function openStorage(settings: Settings): Promise<Db> {
+  let db: Db | undefined;
+  try {
+    db = openDatabase(settings.database, { poolSize: settings.databasePoolSize, connectTimeoutMs: settings.databaseConnectTimeoutMs });
+    await migrateToLatest(db);
+    return db;
+  } catch (error) {
+    await db?.close().catch(() => {});
+    const message = error instanceof Error ? error.message : String(error);
+    throw new Error(`cannot open the database ${describeLocation(settings.database)}: ${message}`, { cause: error });
+  }
+}
+
 /** Opens storage, migrates it, and serves every protocol on one port. */
 export async function startServer(settings: Settings, logger: Logger = createLogger(settings.logLevel)): Promise<TaskstreamServer> {
-  const db = openDatabase(settings.database, { poolSize: settings.databasePoolSize, connectTimeoutMs: settings.databaseConnectTimeoutMs });
-  await migrateToLatest(db);
+  const db = await openStorage(settings);
   const logSignal = new LogSignal();
   const pendingSignal = new LogSignal();
   const tail = new EventTail(db, logSignal, {

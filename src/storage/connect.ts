@@ -1,5 +1,5 @@
 import BetterSqlite3 from "better-sqlite3";
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { Kysely, PostgresDialect, SqliteDialect, type KyselyConfig, type SqliteDatabase, type SqliteStatement } from "kysely";
 import pg from "pg";
@@ -91,8 +91,25 @@ function postgresPool(url: string, { poolSize = 10, connectTimeoutMs }: PoolOpti
   return pool;
 }
 
+/**
+ * `mkdir -p`, one level at a time. Node's `mkdirSync(dir, { recursive: true })`
+ * never returns, spinning a core, when a parent exists but mkdir still
+ * answers ENOENT (under /proc, or on a stale mount): the server would hang
+ * at start instead of saying what is wrong.
+ */
+function makeDirectories(dir: string): void {
+  if (existsSync(dir)) return;
+  const parent = dirname(dir);
+  if (parent !== dir) makeDirectories(parent);
+  try {
+    mkdirSync(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  }
+}
+
 function sqliteDatabase(path: string): BetterSqlite3.Database {
-  if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+  if (path !== ":memory:") makeDirectories(dirname(path));
   const db = new BetterSqlite3(path);
   db.pragma("journal_mode = WAL");
   // WAL with NORMAL sync loses no committed transaction on a process crash,

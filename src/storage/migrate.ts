@@ -14,7 +14,8 @@ export async function migrateToLatest(db: Db): Promise<void> {
   const { error, results } = await migrator(db).migrateToLatest();
   const failed = results?.find((r) => r.status === "Error");
   if (error || failed) {
-    throw new Error(`migration ${failed?.migrationName ?? ""} failed: ${String(error)}`, { cause: error });
+    const message = error instanceof Error ? error.message : String(error);
+    throw new Error(failed ? `migration ${failed.migrationName}: ${message}` : message, { cause: error });
   }
 }
 
