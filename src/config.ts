@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { createSecureContext } from "node:tls";
 import { parseArgs } from "node:util";
+import { isPostgresUrl } from "./storage/connect.js";
 
 /** Every server setting, each a flag with an environment twin. */
 export interface Settings {
@@ -78,7 +79,7 @@ export const SETTINGS: Record<keyof Settings, SettingSpec> = {
     env: "TASKSTREAM_DATABASE",
     help: "SQLite file path or postgres:// URL",
     default: "./data/taskstream.db",
-    parse: String,
+    parse: databaseLocation,
   },
   databasePoolSize: {
     flag: "database-pool-size",
@@ -346,6 +347,14 @@ function origins(raw: string): string[] {
 
 function backpressure(raw: string): Settings["backpressure"] {
   if (raw !== "queue" && raw !== "reject") throw new Error(`expected queue or reject, got "${raw}"`);
+  return raw;
+}
+
+/** A SQLite file path or a postgres:// URL. Any other URL (mysql://, file:, a mistyped postgres:/) would quietly become a file of that name. */
+function databaseLocation(raw: string): string {
+  const expected = "expected a SQLite file path or a postgres:// URL";
+  if (raw === "") throw new Error(expected);
+  if (/^[a-z][a-z0-9+.-]+:/i.test(raw) && !isPostgresUrl(raw)) throw new Error(`${expected}, got "${raw}" (write ./${raw} for a file whose name has a colon)`);
   return raw;
 }
 

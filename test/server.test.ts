@@ -544,8 +544,9 @@ describe("CLI", () => {
     const unknownFlag = taskstream(["serve", "--bogus", "1"]);
     const unknownCommand = taskstream(["frobnicate"]);
     const help = taskstream(["--help"]);
-    const [portExit, envExit, flagExit, commandExit, helpExit] = await Promise.all(
-      [badPort, badEnv, unknownFlag, unknownCommand, help].map((p) => p.exited),
+    const otherUrl = taskstream(["serve", "--port", "0", "--database", "mysql://db/tasks"]);
+    const [portExit, envExit, flagExit, commandExit, helpExit, urlExit] = await Promise.all(
+      [badPort, badEnv, unknownFlag, unknownCommand, help, otherUrl].map((p) => p.exited),
     );
 
     expect(portExit.code).not.toBe(0);
@@ -562,6 +563,10 @@ describe("CLI", () => {
 
     expect(commandExit.code).not.toBe(0);
     expect(unknownCommand.stderr()).toContain('unknown command "frobnicate"');
+
+    expect(urlExit.code).not.toBe(0);
+    expect(otherUrl.stderr()).toContain('--database / TASKSTREAM_DATABASE: expected a SQLite file path or a postgres:// URL, got "mysql://db/tasks"');
+    expect(existsSync(join(dir, "mysql:"))).toBe(false);
 
     expect(helpExit.code).toBe(0);
     expect(help.stdout()).toContain("Usage: taskstream serve [flags]");
