@@ -173,9 +173,11 @@ function silenceLimitMs(request: StreamTasksRequest): number {
   return 2 * (ms || DEFAULT_HEARTBEAT_MS) + 5000;
 }
 
-function delay(ms: number, signal?: AbortSignal): Promise<void> {
+/** Resolves after `ms`, or at once when `signal` aborts (or has). */
+export function delay(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(done, ms);
+    if (signal?.aborted) return done();
     signal?.addEventListener("abort", done);
     function done() {
       clearTimeout(timer);
