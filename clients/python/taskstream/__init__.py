@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from taskstream.v1 import task_service_pb2, task_service_pb2_grpc, worker_service_pb2_grpc
+from taskstream.worker import Failure, Job, Suspend, Worker
 
 __all__ = [
     "Client",
@@ -30,6 +31,10 @@ __all__ = [
     "error_info",
     "error_reason",
     "oldest_sequence",
+    "Worker",
+    "Job",
+    "Suspend",
+    "Failure",
 ]
 
 # Ping an idle connection after 30 s and drop it when the ping gets no answer
