@@ -117,9 +117,7 @@ export class TaskFollower {
       if (!retry(error)) throw error;
       // The snapshot broke off: the next call sends it again from the start.
       if (this.position === undefined && delivered) yield { snapshot: false, restart: error };
-      // Full jitter over [wait/2, wait], so that many followers cut off at
-      // once do not all come back at the same instant.
-      const sleep = wait / 2 + Math.random() * (wait / 2);
+      const sleep = jitter(wait);
       onRetry?.(error, sleep);
       await delay(sleep, signal);
       wait = Math.min(2 * wait, maxWait);
@@ -171,6 +169,11 @@ function silenceLimitMs(request: StreamTasksRequest): number {
   const interval = request.heartbeatInterval;
   const ms = interval ? Number(interval.seconds) * 1000 + interval.nanos / 1e6 : 0;
   return 2 * (ms || DEFAULT_HEARTBEAT_MS) + 5000;
+}
+
+/** Full jitter over [wait/2, wait], so that clients cut off together do not all come back at once. */
+export function jitter(wait: number): number {
+  return wait / 2 + Math.random() * (wait / 2);
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts (or has). */

@@ -9,7 +9,7 @@ import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { durationFromMs, msFromTimestamp } from "../../src/domain/time.js";
 import { errorReason } from "../../src/errors.js";
-import { delay } from "./follow.js";
+import { delay, jitter, retryable } from "./follow.js";
 import { TaskErrorSchema, type Lease, type Task } from "../../gen/taskstream/v1/task_pb.js";
 import type { ClaimedTask, WorkerService } from "../../gen/taskstream/v1/worker_service_pb.js";
 
@@ -93,8 +93,10 @@ const SETTLE_ATTEMPTS = 5;
 const MIN_HEARTBEAT_MS = 100;
 /** Unary calls other than the long-poll: a connection gone silent must not stall a job forever. */
 const CALL_TIMEOUT_MS = 10_000;
-/** Codes a claim or settle call may fail with and succeed on a later try. */
-const TRANSIENT = [Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted, Code.Internal, Code.Unknown, Code.Aborted];
+/** Whether a claim or settle call that failed may succeed on a later try: what `retryable` says of a stream, and RESOURCE_EXHAUSTED. */
+function transient(error: ConnectError): boolean {
+  return retryable(error) || error.code === Code.ResourceExhausted;
+}
 
 type Outcome =
   | { kind: "complete"; result?: Value }
@@ -151,7 +153,7 @@ export class TaskWorker {
       } catch (err) {
         if (signal?.aborted) return;
         const error = ConnectError.from(err);
-        if (!TRANSIENT.includes(error.code)) throw error;
+        if (!transient(error)) throw error;
         await delay(jitter(backoff), signal);
         backoff = Math.min(2 * backoff, MAX_BACKOFF_MS);
         continue;
@@ -366,7 +368,7 @@ class RunningJob {
       } catch (err) {
         const error = ConnectError.from(err);
         const sleep = jitter(wait);
-        const worthIt = TRANSIENT.includes(error.code) && attempt < SETTLE_ATTEMPTS && Date.now() + sleep < this.validUntil;
+        const worthIt = transient(error) && attempt < SETTLE_ATTEMPTS && Date.now() + sleep < this.validUntil;
         if (!worthIt) throw error;
         await delay(sleep);
         wait = Math.min(2 * wait, MAX_BACKOFF_MS);
@@ -389,11 +391,6 @@ function taskError(err: unknown): MessageInitShape<typeof TaskErrorSchema> {
   if (err instanceof TaskFailure) return { message: err.message, stack, code: err.code, retryable: err.retryable, details: err.details };
   // A plain error: the task's retry policy decides whether another attempt comes.
   return { message: err instanceof Error ? err.message : String(err), stack, retryable: true };
-}
-
-/** Full jitter over [wait/2, wait], so that workers cut off together do not all come back at once. */
-function jitter(wait: number): number {
-  return wait / 2 + Math.random() * (wait / 2);
 }
 
 /** Wakes whoever waits for a free slot. */

@@ -3,7 +3,6 @@ package taskstream
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -143,9 +142,7 @@ func (f *Follower) Run(ctx context.Context, handle func(*Message) error) error {
 				return err
 			}
 		}
-		// Full jitter over [wait/2, wait], so that many followers cut off at
-		// once do not all come back at the same instant.
-		sleep := wait/2 + rand.N(wait/2+1)
+		sleep := jitter(wait)
 		if f.OnRetry != nil {
 			f.OnRetry(err, sleep)
 		}

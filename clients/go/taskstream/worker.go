@@ -1,6 +1,7 @@
 package taskstream
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -485,7 +486,8 @@ func (w *Worker) settle(ctx context.Context, job *Job, value any, handlerErr err
 	err := w.report(ctx, job, name, call)
 	var refused *connect.Error
 	if name != "FailTask" && errors.As(err, &refused) && refused.Code() == connect.CodeInvalidArgument {
-		failure := &Failure{Message: name + " refused: " + refused.Message(), Code: "INVALID_ARGUMENT"}
+		reason, _ := ErrorReason(err)
+		failure := &Failure{Message: name + " refused: " + refused.Message(), Code: cmp.Or(reason, "INVALID_ARGUMENT")}
 		w.report(ctx, job, "FailTask", w.failCall(job, failure.taskError()))
 	}
 }
@@ -554,15 +556,10 @@ func (w *Worker) report(ctx context.Context, job *Job, name string, call func(co
 }
 
 // transient says whether a worker call that failed with err may succeed if
-// made again: the spec's codes, and CANCELED, which connect-go reports for a
-// connection reset by the peer (callers check their own ctx first).
+// made again: what Retryable says of a stream, and RESOURCE_EXHAUSTED (a
+// server short of something now) (callers check their own ctx first).
 func transient(err error) bool {
-	switch connect.CodeOf(err) {
-	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeResourceExhausted,
-		connect.CodeInternal, connect.CodeUnknown, connect.CodeAborted, connect.CodeCanceled:
-		return true
-	}
-	return false
+	return Retryable(err) || connect.CodeOf(err) == connect.CodeResourceExhausted
 }
 
 // leaseRefused says whether the server refused the call because the lease is

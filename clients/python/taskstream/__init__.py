@@ -9,7 +9,6 @@ client's does, and helpers to read a taskstream error's ``ErrorInfo``.
 from __future__ import annotations
 
 import queue
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from taskstream.v1 import task_service_pb2, task_service_pb2_grpc, worker_service_pb2_grpc
+from taskstream._retry import RETRYABLE, Backoff
 from taskstream.worker import Failure, Job, Suspend, Worker
 
 __all__ = [
@@ -172,7 +172,7 @@ class Follower:
     def messages(self) -> Iterator[Message]:
         """Every message, across as many calls as it takes, until :meth:`close`
         or an error ``retry`` refuses (raised; the cursor stays valid)."""
-        wait = self._min_backoff
+        backoff = Backoff(self._min_backoff, self._max_backoff)
         while not self._closed.is_set():
             delivered = False
             try:
@@ -186,7 +186,7 @@ class Follower:
             if self._closed.is_set():
                 return
             if delivered:
-                wait = self._min_backoff
+                backoff.reset()
             if error_reason(error)[0] == "CURSOR_EXPIRED" and self.cursor is not None:
                 self._set_cursor(None)
                 yield Message(restart=error)
@@ -196,14 +196,11 @@ class Follower:
             if self.cursor is None and delivered:
                 # The snapshot broke off: the next call sends it again from the start.
                 yield Message(restart=error)
-            # Full jitter over [wait/2, wait], so that many followers cut off
-            # at once do not all come back at the same instant.
-            sleep = wait / 2 + random.random() * wait / 2
+            sleep = backoff.next()
             if self._on_retry is not None:
                 self._on_retry(error, sleep)
             if self._closed.wait(sleep):
                 return
-            wait = min(2 * wait, self._max_backoff)
 
     def _one_call(self) -> Iterator[Message]:
         cursor = self.cursor
@@ -318,22 +315,12 @@ class _Unavailable(grpc.RpcError):
         return ()
 
 
-_RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
 def retryable(error: grpc.RpcError) -> bool:
     """Whether a StreamTasks call that failed with ``error`` is worth making
     again from the cursor: UNAVAILABLE (server shutdown, storage out of reach,
     a lost connection), the codes a broken connection or stream shows as
     (UNKNOWN, INTERNAL, ABORTED, CANCELLED), and DEADLINE_EXCEEDED."""
-    return error.code() in _RETRYABLE
+    return error.code() in RETRYABLE
 
 
 def error_info(error: grpc.RpcError) -> Optional[error_details_pb2.ErrorInfo]:

@@ -15,7 +15,6 @@ suspended on (SuspendTask).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 import traceback
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
+from taskstream._retry import RETRYABLE, Backoff
 from taskstream.v1 import task_pb2, worker_service_pb2
 
 if TYPE_CHECKING:
@@ -43,15 +43,9 @@ _MIN_HEARTBEAT = 0.1
 # followed by a pause, so that the loop does not spin on the server.
 _MIN_CLAIM_INTERVAL = 0.25
 _SETTLE_ATTEMPTS = 5
-# Worth calling again after a pause: the server or the connection may come back.
-_TRANSIENT = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.ABORTED,
-}
+# Worth calling again after a pause: what a stream retries, and a server
+# short of something now.
+_TRANSIENT = RETRYABLE | {grpc.StatusCode.RESOURCE_EXHAUSTED}
 # The lease is no longer the task's: it was cancelled, timed out, or leased again.
 _LEASE_GONE = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
 
@@ -251,7 +245,7 @@ class Worker:
             self._shut_down()
 
     def _claim_until_stopped(self) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             free = self._wait_for_free_slots()
             if free == 0:
@@ -355,7 +349,7 @@ class Worker:
     def _settle(self, job: Job, method: str, request) -> None:
         """Makes the settle call, again after a transient error while the
         lease may hold; a refusal (the lease is gone) is dropped."""
-        backoff = _Backoff()
+        backoff = Backoff()
         for attempt in range(1, _SETTLE_ATTEMPTS + 1):
             try:
                 getattr(self._workers, method)(request, timeout=_CALL_TIMEOUT)
@@ -439,20 +433,3 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(seconds * 1e9))
     return duration
-
-
-class _Backoff:
-    """Exponential pauses from 100 ms to 5 s, each drawn from [half, all] of
-    the step so that workers cut off together do not all come back at once."""
-
-    def __init__(self, first: float = 0.1, most: float = 5.0):
-        self._first = self._step = first
-        self._most = most
-
-    def next(self) -> float:
-        pause = self._step / 2 + random.random() * self._step / 2
-        self._step = min(2 * self._step, self._most)
-        return pause
-
-    def reset(self) -> None:
-        self._step = self._first
