@@ -217,11 +217,11 @@ class Worker:
         loop = threading.Thread(target=self._loop, name="taskstream-worker")
         loop.start()
         try:
-            loop.join()
+            _join(loop)
         except BaseException:
             # KeyboardInterrupt: shut down as stop() would, then let it through.
             self.stop()
-            loop.join()
+            _join(loop)
             raise
         if self._fatal is not None:
             raise self._fatal
@@ -393,6 +393,15 @@ class Worker:
     def _sleep_unless_stopped(self, seconds: float) -> None:
         with self._changed:
             self._changed.wait_for(lambda: self._stopping, timeout=seconds)
+
+
+def _join(thread: threading.Thread) -> None:
+    """Waits for ``thread`` in short joins. A signal may reach any thread, and
+    Python runs its handler in the main thread only when that thread next
+    runs: one join without a timeout would keep a SIGTERM handler calling
+    stop() from ever running."""
+    while thread.is_alive():
+        thread.join(0.2)
 
 
 def to_value(value: Any) -> struct_pb2.Value:

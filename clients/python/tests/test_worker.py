@@ -5,7 +5,6 @@ timeouts), claim errors, and stopping with and without enough grace."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -260,7 +259,7 @@ def test_heartbeats_keep_a_lease_and_bring_cancels_and_timeouts(connect, run_wor
     assert (done.attempt, done.result.string_value) == (1, "kept")
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="stops the worker from a signal handler")
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="stops the worker from a signal handler")
 def test_stop_lets_handlers_finish_within_the_grace_then_hands_back_the_rest(connect):
     client = connect()
     stop_in_grace(client)
@@ -279,17 +278,24 @@ def stop_in_grace(client: Client) -> None:
     task = dispatch(client, "py-finish", "finish")
     worker = Worker(client, WORKER_ID, {"py-finish": work}, shutdown_grace=5)
     signalled: list[float] = []
+    returned = threading.Event()
 
     def signal_once_started() -> None:
         started.wait(10)
         signalled.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGUSR1)
+        # The kernel may hand a process's signal to any of its threads; this
+        # one takes it here. Python still runs the handler in the main thread,
+        # once that thread runs again: run() must not block it for good.
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        if not returned.wait(5):
+            worker.stop()  # so that a failing run() fails the test, not hangs it
 
     previous = signal.signal(signal.SIGUSR1, lambda *_: worker.stop())
     threading.Thread(target=signal_once_started, daemon=True).start()
     try:
         worker.run()  # in the main thread, where Python runs signal handlers
     finally:
+        returned.set()
         signal.signal(signal.SIGUSR1, previous)
     # run() returned once the handler was done, without waiting out its 20 s claim.
     assert time.monotonic() - signalled[0] < 3
