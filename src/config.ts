@@ -51,6 +51,8 @@ export interface Settings {
   retentionIntervalMs: number;
   /** How many recent events the shared stream tail keeps in memory. */
   streamWindow: number;
+  /** StreamTasks calls open at once on this server; more are refused. 0 is no limit. */
+  maxStreams: number;
   /** How often a PostgreSQL server looks for events other replicas wrote. */
   logPollMs: number;
   /** How long SIGTERM keeps serving with health NOT_SERVING before shutdown begins. */
@@ -214,6 +216,13 @@ export const SETTINGS: Record<keyof Settings, SettingSpec> = {
     default: "10000",
     parse: positiveInt,
   },
+  maxStreams: {
+    flag: "max-streams",
+    env: "TASKSTREAM_MAX_STREAMS",
+    help: "StreamTasks calls open at once on this server; more fail RESOURCE_EXHAUSTED (0: no limit)",
+    default: "0",
+    parse: nonNegativeInt,
+  },
   logPollMs: {
     flag: "log-poll-ms",
     env: "TASKSTREAM_LOG_POLL_MS",
@@ -299,14 +308,23 @@ export function settingsHelp(): string {
     .join("\n");
 }
 
+/**
+ * Decimal digits only: Number() reads "" and " " as 0 (an empty environment
+ * variable would quietly turn a setting off, or pick a random port) and
+ * takes "0x10" and "1e3" too.
+ */
+function digits(raw: string): number {
+  return /^[0-9]+$/.test(raw) ? Number(raw) : Number.NaN;
+}
+
 function positiveInt(raw: string): number {
-  const n = Number(raw);
+  const n = digits(raw);
   if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`expected a positive integer, got "${raw}"`);
   return n;
 }
 
 function nonNegativeInt(raw: string): number {
-  const n = Number(raw);
+  const n = digits(raw);
   if (!Number.isSafeInteger(n) || n < 0) throw new Error(`expected a whole number, got "${raw}"`);
   return n;
 }
@@ -359,7 +377,7 @@ function databaseLocation(raw: string): string {
 }
 
 function port(raw: string): number {
-  const n = Number(raw);
+  const n = digits(raw);
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`expected a port, got "${raw}"`);
   return n;
 }

@@ -20,6 +20,7 @@ export type ErrorReason =
   | "CURSOR_EXPIRED"
   | "CURSOR_AHEAD"
   | "CONCURRENCY_LIMIT"
+  | "STREAM_LIMIT"
   | "TASK_TOO_LARGE"
   | "RESPONSE_TOO_LARGE"
   | "SHUTTING_DOWN"

@@ -538,6 +538,34 @@ describe("CLI", () => {
     });
   });
 
+  it("refuses a --max-streams / TASKSTREAM_MAX_STREAMS that is not a whole number, before opening storage", async () => {
+    const bad = [
+      taskstream(["serve", "--port", "0", "--database", join(dir, "never.db"), "--max-streams=-1"]),
+      taskstream(["serve", "--port", "0", "--database", join(dir, "never.db"), "--max-streams", "2.5"]),
+      taskstream(["serve", "--port", "0", "--database", join(dir, "never.db"), "--max-streams", "lots"]),
+      taskstream(["serve"], cleanEnv({ TASKSTREAM_PORT: "0", TASKSTREAM_DATABASE: join(dir, "never.db"), TASKSTREAM_MAX_STREAMS: "" })),
+    ];
+    const exits = await Promise.all(bad.map((p) => p.exited));
+    for (const [i, value] of ["-1", "2.5", "lots", ""].entries()) {
+      expect(exits[i].code, value).toBe(2);
+      expect(bad[i].stderr()).toContain(`--max-streams / TASKSTREAM_MAX_STREAMS: expected a whole number, got "${value}"`);
+      expect(bad[i].logs.map((l) => l.msg)).not.toContain("taskstream listening");
+    }
+    expect(existsSync(join(dir, "never.db"))).toBe(false);
+  });
+
+  it("refuses an empty numeric environment setting rather than reading it as 0 (a random port, no drain)", async () => {
+    const bad = [
+      taskstream(["serve"], cleanEnv({ TASKSTREAM_PORT: "", TASKSTREAM_DATABASE: join(dir, "never.db") })),
+      taskstream(["serve"], cleanEnv({ TASKSTREAM_PORT: "0", TASKSTREAM_DATABASE: join(dir, "never.db"), TASKSTREAM_SHUTDOWN_DRAIN_MS: " " })),
+    ];
+    const exits = await Promise.all(bad.map((p) => p.exited));
+    expect(exits.map((e) => e.code)).toEqual([2, 2]);
+    expect(bad[0].stderr()).toContain('--port / TASKSTREAM_PORT: expected a port, got ""');
+    expect(bad[1].stderr()).toContain('--shutdown-drain-ms / TASKSTREAM_SHUTDOWN_DRAIN_MS: expected a whole number, got " "');
+    expect(existsSync(join(dir, "never.db"))).toBe(false);
+  });
+
   it("refuses bad settings with a clear message and a non-zero exit, and prints help", async () => {
     const badPort = taskstream(["serve", "--port", "nope", "--database", join(dir, "never.db")]);
     const badEnv = taskstream(["serve"], cleanEnv({ TASKSTREAM_PORT: "70000", TASKSTREAM_DATABASE: join(dir, "never.db") }));
@@ -570,6 +598,7 @@ describe("CLI", () => {
 
     expect(helpExit.code).toBe(0);
     expect(help.stdout()).toContain("Usage: taskstream serve [flags]");
+    expect(help.stdout()).toMatch(/--max-streams\s+TASKSTREAM_MAX_STREAMS\s+.*RESOURCE_EXHAUSTED.*\(default 0\)/);
     for (const spec of Object.values(SETTINGS)) {
       expect(help.stdout()).toContain(`--${spec.flag}`);
       expect(help.stdout()).toContain(spec.env);

@@ -1,13 +1,16 @@
 import http2 from "node:http2";
 import { Code, createClient } from "@connectrpc/connect";
 import { compressionGzip, createGrpcTransport } from "@connectrpc/connect-node";
-import { TaskService } from "../gen/taskstream/v1/task_service_pb.js";
+import * as grpc from "@grpc/grpc-js";
+import { create } from "@bufbuild/protobuf";
+import { StreamTasksRequestSchema, TaskService } from "../gen/taskstream/v1/task_service_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/taskstream/v1/task_pb.js";
 import { errorReason } from "../src/errors.js";
 import { logBounds, readEvents } from "../src/storage/event-log.js";
 import { ConnectError } from "@connectrpc/connect";
 import { expectError } from "./support/expect-error.js";
+import { grpcJsClient, grpcJsErrorReason } from "./support/grpc-js-client.js";
 import { collect, eventually } from "./support/streams.js";
 import { scrapeMetrics } from "./support/metrics.js";
 import { DIALECTS, startTestServer, type TestServer } from "./support/test-server.js";
@@ -291,6 +294,119 @@ for (const dialect of DIALECTS) {
     });
   });
 }
+
+describe("StreamTasks with --max-streams", () => {
+  let t: TestServer;
+  beforeAll(async () => {
+    t = await startTestServer("sqlite", { maxStreams: 2 });
+  });
+  afterAll(() => t?.close());
+
+  const metric = async (name: string) => (await scrapeMetrics(t.server.url))(name);
+
+  /** Opens a stream and waits until it is served (snapshot_complete). */
+  async function open(protocol: "grpc" | "connect" | "connect-json" | "grpc-web", options: { timeoutMs?: number } = {}) {
+    const abort = new AbortController();
+    const stream = collect(t.tasks(protocol), { skipSnapshot: true }, { signal: abort.signal, ...options });
+    await eventually(() => stream.received.live || stream.received.error !== undefined, 5000, `a ${protocol} stream to open`);
+    return { ...stream, abort: () => abort.abort() };
+  }
+
+  async function expectRefused(protocol: "grpc" | "connect" | "connect-json" | "grpc-web") {
+    const started = Date.now();
+    const received = await collect(t.tasks(protocol), { skipSnapshot: true }, { timeoutMs: 10_000 }).done;
+    const err = await expectError(Promise.reject(received.error), Code.ResourceExhausted, "STREAM_LIMIT");
+    expect(Date.now() - started, "refused at once").toBeLessThan(1000);
+    expect(received.snapshotSequence).toBeUndefined();
+    expect(err.rawMessage).toContain("2 streams");
+    expect(err.rawMessage).toContain("retry later");
+    expect(err.findDetails((await import("../gen/google/rpc/error_details_pb.js")).ErrorInfoSchema)[0].metadata).toEqual({ limit: "2" });
+  }
+
+  it("refuses a stream past the limit at once with RESOURCE_EXHAUSTED and STREAM_LIMIT, on every protocol, and counts it", async () => {
+    const a = await open("grpc");
+    const b = await open("connect-json");
+    expect(a.received.error ?? b.received.error).toBeUndefined();
+    for (const protocol of ["grpc", "connect", "connect-json", "grpc-web"] as const) await expectRefused(protocol);
+    // grpc-js, the canonical gRPC client, sees the same status.
+    const js = grpcJsClient(TaskService, `127.0.0.1:${t.server.port}`);
+    const jsError = await new Promise<grpc.ServiceError>((resolve) => {
+      const call = (js.raw as unknown as { streamTasks(r: unknown, m: grpc.Metadata): grpc.ClientReadableStream<unknown> }).streamTasks(
+        create(StreamTasksRequestSchema, { skipSnapshot: true }),
+        new grpc.Metadata(),
+      );
+      call.on("error", resolve);
+      call.on("data", () => {});
+    });
+    js.close();
+    expect(jsError.code).toBe(Code.ResourceExhausted);
+    expect(grpcJsErrorReason(jsError)).toBe("STREAM_LIMIT");
+    expect(await metric("taskstream_streams_active")).toBe(2);
+    expect(await metric("taskstream_streams_refused_total")).toBe(5);
+    // The two open streams were not disturbed.
+    const { task } = await t.tasks().dispatchTask({ toolName: "seen", agentId: "cap" });
+    await eventually(() => [a, b].every((s) => s.received.events.some((e) => e.taskId === task!.taskId)), 5000, "both streams to see the task");
+    a.abort();
+    b.abort();
+    await Promise.all([a.done, b.done]);
+    await eventually(() => t.server.deps.gauges.activeStreams === 0, 5000, "the slots to free");
+  });
+
+  it("frees a stream's slot however it ends: cancel, deadline, error, a client that vanished while not reading", async () => {
+    for (let round = 0; round < 3; round++) {
+      // A client cancels.
+      let a = await open("grpc");
+      let b = await open("connect");
+      await expectRefused("grpc");
+      a.abort();
+      await a.done;
+      await eventually(() => t.server.deps.gauges.activeStreams === 1, 5000, "the cancelled stream's slot");
+      a = await open("grpc-web", { timeoutMs: 300 });
+      expect(a.received.error).toBeUndefined();
+      await expectRefused("connect");
+      // A deadline.
+      expect(ConnectError.from((await a.done).error).code).toBe(Code.DeadlineExceeded);
+      await eventually(() => t.server.deps.gauges.activeStreams === 1, 5000, "the expired stream's slot");
+      // An error after the stream began: a cursor past the log's end.
+      await expectError(drain(t.tasks().streamTasks({ afterSequence: 1n << 40n })), Code.OutOfRange, "CURSOR_AHEAD");
+      await expectError(drain(t.tasks("connect-json").streamTasks({ afterSequence: 1n << 40n })), Code.OutOfRange, "CURSOR_AHEAD");
+      expect(t.server.deps.gauges.activeStreams).toBe(1);
+      // A client that sent its request over HTTP/2 and vanished without reading.
+      const session = http2.connect(t.server.url);
+      const raw = session.request({ ":method": "POST", ":path": "/taskstream.v1.TaskService/StreamTasks", "content-type": "application/grpc", te: "trailers" });
+      raw.end(Buffer.from([0, 0, 0, 0, 2, 0x18, 0x01])); // skip_snapshot: true
+      raw.pause();
+      await eventually(() => t.server.deps.gauges.activeStreams === 2, 5000, "the raw stream to open");
+      await expectRefused("grpc-web");
+      session.destroy();
+      await eventually(() => t.server.deps.gauges.activeStreams === 1, 5000, "the vanished client's slot");
+      b.abort();
+      await b.done;
+      await eventually(() => t.server.deps.gauges.activeStreams === 0, 5000, "every slot");
+      // Both slots are free again: two open, the third is refused.
+      a = await open("connect-json");
+      b = await open("grpc");
+      expect(a.received.error ?? b.received.error).toBeUndefined();
+      await expectRefused("connect-json");
+      a.abort();
+      b.abort();
+      await Promise.all([a.done, b.done]);
+      await eventually(() => t.server.deps.gauges.activeStreams === 0, 5000, "every slot");
+    }
+    expect(await metric("taskstream_streams_active")).toBe(0);
+  });
+
+  it("frees every slot at shutdown, and a request refused as invalid takes none", async () => {
+    await expectError(drain(t.tasks().streamTasks({ filter: { agentId: "x".repeat(300) } })), Code.InvalidArgument, "INVALID_ARGUMENT");
+    const refusedBefore = await metric("taskstream_streams_refused_total");
+    const a = await open("grpc");
+    const b = await open("connect");
+    await t.server.close();
+    for (const s of [a, b]) expect(ConnectError.from((await s.done).error).code).toBe(Code.Unavailable);
+    expect(t.server.deps.gauges.activeStreams).toBe(0);
+    expect(refusedBefore).toBeGreaterThan(0);
+  });
+});
 
 async function drain(stream: AsyncIterable<unknown>): Promise<void> {
   for await (const _ of stream) {

@@ -76,7 +76,11 @@ export function metricsText(deps: ServiceDeps): string {
     "taskstream_tail_handoff_lag_seconds",
     "From an event's commit (its transaction's start) to this process's log tail handing it to live streams.",
   );
-  return gauges.map(([name, help, value]) => `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name} ${value}\n`).join("") + handOff;
+  const counters: [string, string, number][] = [
+    ["taskstream_streams_refused_total", "StreamTasks calls refused because --max-streams were open.", deps.gauges.refusedStreams],
+  ];
+  const series = (type: string) => ([name, help, value]: [string, string, number]) => `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name} ${value}\n`;
+  return gauges.map(series("gauge")).join("") + counters.map(series("counter")).join("") + handOff;
 }
 
 /** Answers what is not an RPC: GET /metrics, and 404 for anything else. */

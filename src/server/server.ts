@@ -67,7 +67,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
   const maintenance = startMaintenance(store, settings, logger);
   const health = new HealthStatus([TaskService.typeName, WorkerService.typeName]);
   const listener = db.dialect === "postgres" ? listenForOtherReplicas(settings, { log: logSignal, pending: pendingSignal }, health, logger) : undefined;
-  const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0 }, settings };
+  const deps: ServiceDeps = { db, store, pendingSignal, tail, gauges: { activeStreams: 0, refusedStreams: 0 }, settings };
 
   const runtime = new RuntimeMetrics();
   const shutdown = new AbortController();

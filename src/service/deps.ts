@@ -19,4 +19,6 @@ export interface ServiceDeps {
 /** Live counts the server exposes, and tests check for leaks. */
 export interface Gauges {
   activeStreams: number;
+  /** StreamTasks calls refused by --max-streams, since start. */
+  refusedStreams: number;
 }

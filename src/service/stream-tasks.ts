@@ -7,8 +7,7 @@ import { msFromDuration, timestampFromMs } from "../domain/time.js";
 import { invalidArgument, taskstreamError } from "../errors.js";
 import type { EventTail } from "../fanout/event-tail.js";
 import { frame, grpcFrameOutput, type GrpcFrameOutput } from "../server/grpc-fast-path.js";
-import { filterColumns, logBounds, type EventFilter, type LogEntry } from "../storage/event-log.js";
-import { runningSnapshot } from "../storage/task-queries.js";
+import { filterColumns, logBounds, readEventSizes, readPayloads, runningSnapshotSizes, type EventFilter, type EventSize, type LogEntry } from "../storage/event-log.js";
 import type { ServiceDeps } from "./deps.js";
 import { rawBytes, speaksJson, withEncodedField } from "./encoded-response.js";
 import { taskFilter } from "./validate.js";
@@ -22,8 +21,15 @@ export const MAX_HEARTBEAT_MS = 300_000;
 const STEP = 1000;
 /** The most bytes of frames one write carries: what a slow reader's stream may hold beyond its buffer. */
 const CHUNK_BYTES = 64 * 1024;
-/** How many responses wait for connect-node (Connect, gRPC-Web, JSON) to take them. */
+/**
+ * The most bytes of stored events a stream reads from storage at once (at
+ * least one event), a page of the snapshot or of the log behind the tail's
+ * window: what a stream holds while its client is slow to read.
+ */
+const READ_BYTES = 256 * 1024;
+/** How many responses wait for connect-node (Connect, gRPC-Web, JSON) to take them, and how many of their events' bytes. */
 const QUEUE_LIMIT = 100;
+const QUEUE_BYTES = CHUNK_BYTES;
 
 /** An event as the log stores it: all a stream sends of it. */
 type StoredEvent = Pick<LogEntry, "sequence" | "payload">;
@@ -33,7 +39,8 @@ type StoredEvent = Pick<LogEntry, "sequence" | "payload">;
  * snapshot_complete{S}, then every matching event after S, in order, once.
  * With after_sequence, the events after that cursor instead. A stream only
  * ever holds its cursor: it reads pages from the shared tail's window, or from
- * the log when it is behind the window, until it is caught up; then the tail
+ * the log when it is behind the window (the snapshot too), of at most
+ * READ_BYTES and read only once the client takes more, until it is caught up; then the tail
  * hands it each new matching event as it reads it, which it writes at once.
  * Whenever the client reads slower than that, the stream goes back to reading
  * pages, so a slow reader costs no memory beyond one write.
@@ -45,6 +52,9 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
   return async function* (req, ctx) {
     const filter = taskFilter(req.filter);
     const heartbeatMs = heartbeatInterval(req);
+    // Checked and taken in one step, with nothing awaited between: the count
+    // of open streams is the slots in use, and every stream gives its back.
+    refuseOverLimit(deps);
     // Counted until the call ends, whether or not this generator gets to its
     // finally (a client that vanished may leave it parked at a yield).
     let open = true;
@@ -72,6 +82,19 @@ export function streamTasks(deps: ServiceDeps): StreamTasks {
       release();
     }
   };
+}
+
+/** With --max-streams streams open, another fails at once with RESOURCE_EXHAUSTED, reason STREAM_LIMIT. */
+function refuseOverLimit(deps: ServiceDeps): void {
+  const limit = deps.settings.maxStreams;
+  if (limit === 0 || deps.gauges.activeStreams < limit) return;
+  deps.gauges.refusedStreams++;
+  throw taskstreamError(
+    Code.ResourceExhausted,
+    "STREAM_LIMIT",
+    `this server already serves ${limit} streams, its limit (--max-streams); retry later, with backoff, or on another replica`,
+    { limit: String(limit) },
+  );
 }
 
 interface Stream {
@@ -103,8 +126,8 @@ async function serveStream({ deps, req, filter, heartbeatMs, signal }: Stream, s
   if (req.afterSequence !== undefined) {
     position = await checkCursor(deps, req.afterSequence);
   } else {
-    const snapshot = req.skipSnapshot ? { sequence: (await logBounds(deps.db.kysely)).last, entries: [] } : await runningSnapshot(deps.db, filter);
-    await sendAll(sink, snapshot.entries, signal);
+    const snapshot = req.skipSnapshot ? { sequence: (await logBounds(deps.db.kysely)).last, entries: [] } : await runningSnapshotSizes(deps.db, filter);
+    await sendSnapshot(deps, sink, snapshot, signal);
     sink.message({ message: { case: "snapshotComplete", value: { sequence: BigInt(snapshot.sequence) } } });
     position = snapshot.sequence;
   }
@@ -131,6 +154,34 @@ async function serveStream({ deps, req, filter, heartbeatMs, signal }: Stream, s
     }
     ({ position, lastSent } = await followLive(deps.tail, { position, filter, lastSent, heartbeatMs }, sink, signal));
   }
+}
+
+/**
+ * Sends the snapshot's events a page of READ_BYTES at a time, each page read
+ * once the transport takes more: a stream never holds the whole snapshot.
+ * Events are immutable, so a page read later is what the log held at S; only
+ * retention can take one away (its task finished after S and expired), and
+ * then the snapshot no longer holds: CURSOR_EXPIRED, start over.
+ */
+async function sendSnapshot(deps: ServiceDeps, sink: Sink, snapshot: { sequence: number; entries: EventSize[] }, signal: AbortSignal): Promise<void> {
+  const { entries } = snapshot;
+  for (let i = 0; i < entries.length; ) {
+    if (sink.full) await sink.ready();
+    signal.throwIfAborted();
+    const end = pageEnd(entries, i);
+    const page = await readPayloads(deps.db.kysely, entries.slice(i, end).map((e) => e.sequence));
+    if (page.length < end - i) await checkCursor(deps, BigInt(snapshot.sequence));
+    await sendAll(sink, page, signal);
+    i = end;
+  }
+}
+
+/** Where the page starting at `from` ends: at READ_BYTES of payloads, but at least one event. */
+function pageEnd(sizes: readonly EventSize[], from: number): number {
+  let end = from + 1;
+  let bytes = sizes[from].size;
+  while (end < sizes.length && bytes + sizes[end].size <= READ_BYTES) bytes += sizes[end++].size;
+  return end;
 }
 
 /** Writes every event, waiting whenever the transport is full; the last write may leave it full. */
@@ -197,15 +248,29 @@ function followLive(
 
 /**
  * A stream behind the tail's window catches up from the log, filtered in SQL,
- * unless retention deleted events it had not read: then its cursor expired.
+ * a page of up to STEP events and READ_BYTES at a time (their sizes are read
+ * first), unless retention deleted events it had not read: then its cursor
+ * expired. That is checked after the read: retention deletes events and moves
+ * the watermark in one transaction, so a watermark still at or below the
+ * position once the page is read means the page lacks nothing.
  */
 async function readFromLog(deps: ServiceDeps, position: number, filter: EventFilter): Promise<{ events: StoredEvent[]; through: number }> {
-  await checkCursor(deps, BigInt(position));
   const through = deps.tail.lastSequence;
-  let select = deps.db.kysely.selectFrom("events").select(["sequence", "payload"]).where("sequence", ">", position).where("sequence", "<=", through);
-  for (const [column, value] of filterColumns(filter)) select = select.where(column, "=", value);
-  const events = await select.orderBy("sequence").limit(STEP).execute();
-  return { events, through: events.length === STEP ? events[events.length - 1].sequence : through };
+  const sizes = await readEventSizes(deps.db, { after: position, through, filter, limit: STEP });
+  const end = sizes.length === 0 ? 0 : pageEnd(sizes, 0);
+  const last = end === sizes.length && sizes.length < STEP ? through : sizes[end - 1].sequence;
+  let events: StoredEvent[] = [];
+  if (end > 0) {
+    let select = deps.db.kysely
+      .selectFrom("events")
+      .select(["sequence", "payload"])
+      .where("sequence", ">", position)
+      .where("sequence", "<=", sizes[end - 1].sequence);
+    for (const [column, value] of filterColumns(filter)) select = select.where(column, "=", value);
+    events = await select.orderBy("sequence").execute();
+  }
+  await checkCursor(deps, BigInt(position));
+  return { events, through: last };
 }
 
 /** A resume cursor must still be held by the log, and not be ahead of it. */
@@ -336,10 +401,13 @@ function varintSize(n: number): number {
 
 /**
  * connect-node's sink: a short queue of responses that `responses` yields to
- * connect-node, which writes them one by one. Full at QUEUE_LIMIT.
+ * connect-node, which writes them one by one.
  */
 class ResponseQueue implements Sink {
   private readonly items: StreamTasksResponse[] = [];
+  /** The stored bytes of each queued event (0 for other messages), and their sum. */
+  private readonly sizes: number[] = [];
+  private bytes = 0;
   private wakeReader?: () => void;
   private wakeWriter?: () => void;
   private closed = false;
@@ -351,19 +419,26 @@ class ResponseQueue implements Sink {
 
   write(events: readonly StoredEvent[], from: number): number {
     let i = from;
-    do this.items.push(this.toResponse(events[i++]));
+    do this.push(this.toResponse(events[i]), events[i++].payload.length);
     while (i < events.length && !this.full);
     this.wake();
     return i;
   }
 
   message(response: MessageInitShape<typeof StreamTasksResponseSchema>): void {
-    this.items.push(create(StreamTasksResponseSchema, response));
+    this.push(create(StreamTasksResponseSchema, response), 0);
     this.wake();
   }
 
+  private push(response: StreamTasksResponse, size: number): void {
+    this.items.push(response);
+    this.sizes.push(size);
+    this.bytes += size;
+  }
+
+  /** Full at QUEUE_LIMIT responses or QUEUE_BYTES of events, so a slow reader's queue holds little. */
   get full(): boolean {
-    return this.items.length >= QUEUE_LIMIT;
+    return this.items.length >= QUEUE_LIMIT || this.bytes >= QUEUE_BYTES;
   }
 
   ready(): Promise<void> {
@@ -382,6 +457,7 @@ class ResponseQueue implements Sink {
   /** The next response, if one is queued. */
   take(): StreamTasksResponse | undefined {
     const item = this.items.shift();
+    this.bytes -= this.sizes.shift() ?? 0;
     if (!this.full) this.wakeWriter?.();
     return item;
   }

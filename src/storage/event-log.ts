@@ -1,7 +1,7 @@
 import { create, fromBinary, fromJson, type JsonObject, type JsonValue, type MessageInitShape } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
-import { CompiledQuery, type Kysely, type Transaction } from "kysely";
-import { TaskEventSchema, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
+import { CompiledQuery, sql, type Kysely, type Transaction } from "kysely";
+import { TaskEventSchema, TaskStatus, type TaskEvent } from "../../gen/taskstream/v1/task_pb.js";
 import { timestampFromMs } from "../domain/time.js";
 import { binaryChunks, insertRows } from "./batch-statements.js";
 import type { Db, DialectName } from "./connect.js";
@@ -165,6 +165,64 @@ export async function readEvents(
   query: { after: number; through?: number; filter?: EventFilter; limit: number },
 ): Promise<TaskEvent[]> {
   return (await readLogEntries(db, query)).map((entry) => fromBinary(TaskEventSchema, entry.payload));
+}
+
+/** Where an event sits in the log, and how many bytes its payload takes: enough to plan a read by size. */
+export interface EventSize {
+  sequence: number;
+  size: number;
+}
+
+/** The stored size of a payload, read without loading it (SQLite's length() and PostgreSQL's octet_length() of a blob skip its content). */
+const payloadSize = (dialect: DialectName, column = "payload") =>
+  dialect === "postgres" ? sql<number>`octet_length(${sql.ref(column)})` : sql<number>`length(${sql.ref(column)})`;
+
+/** The sequences and payload sizes of the events in (after, through] that match, oldest first, up to `limit`. */
+export async function readEventSizes(db: Db, query: { after: number; through: number; filter: EventFilter; limit: number }): Promise<EventSize[]> {
+  let select = db.kysely
+    .selectFrom("events")
+    .select(["sequence", payloadSize(db.dialect).as("size")])
+    .where("sequence", ">", query.after)
+    .where("sequence", "<=", query.through);
+  for (const [column, value] of filterColumns(query.filter)) select = select.where(column, "=", value);
+  const rows = await select.orderBy("sequence").limit(query.limit).execute();
+  return rows.map((row) => ({ sequence: Number(row.sequence), size: Number(row.size) }));
+}
+
+/** The stored events with these sequences, in the order given; an event the log no longer holds is left out. */
+export async function readPayloads(db: Kysely<Database>, sequences: readonly number[]): Promise<Pick<LogEntry, "sequence" | "payload">[]> {
+  if (sequences.length === 0) return [];
+  const rows = await db.selectFrom("events").select(["sequence", "payload"]).where("sequence", "in", sequences).execute();
+  const bySequence = new Map(rows.map((row) => [Number(row.sequence), row]));
+  return sequences.flatMap((sequence) => bySequence.get(sequence) ?? []);
+}
+
+/**
+ * The running tasks matching a filter, as each one's latest `running` event,
+ * and the log sequence S they are read at, in one consistent snapshot: every
+ * event after S is a change the snapshot does not show yet. Only the events'
+ * sequences and sizes (oldest start first): a stream reads their payloads a
+ * page at a time, however many tasks run.
+ */
+export async function runningSnapshotSizes(db: Db, filter: EventFilter): Promise<{ sequence: number; entries: EventSize[] }> {
+  const read = async (k: Kysely<Database>) => {
+    const { last } = await logBounds(k);
+    let select = k
+      .selectFrom("tasks as t")
+      .innerJoin("events as e", "e.task_id", "t.task_id")
+      .select(["e.sequence", payloadSize(db.dialect, "e.payload").as("size")])
+      .where("t.status", "=", TaskStatus.RUNNING)
+      .where("e.sequence", "=", (eb) =>
+        eb.selectFrom("events as r").select((r) => r.fn.max("r.sequence").as("s")).whereRef("r.task_id", "=", "t.task_id").where("r.kind", "=", "running"),
+      );
+    for (const [column, value] of filterColumns(filter)) select = select.where(`t.${column}`, "=", value);
+    const rows = await select.orderBy("t.start_time").orderBy("t.task_id").execute();
+    return { sequence: last, entries: rows.map((row) => ({ sequence: Number(row.sequence), size: Number(row.size) })) };
+  };
+  // PostgreSQL: one snapshot for both reads. SQLite: the transaction holds the
+  // only connection, so no write lands between them.
+  const transaction = db.kysely.transaction();
+  return db.dialect === "postgres" ? transaction.setIsolationLevel("repeatable read").execute(read) : transaction.execute(read);
 }
 
 /** The log's bounds: the last sequence handed out, and how far retention trimmed it. */

@@ -1,7 +1,7 @@
 import { expressionBuilder, SqliteAdapter, type ExpressionBuilder, type Kysely, type SelectQueryBuilder } from "kysely";
 import { TaskStatus } from "../../gen/taskstream/v1/task_pb.js";
 import type { Db } from "./connect.js";
-import { filterColumns, logBounds, type EventFilter, type LogEntry } from "./event-log.js";
+import { filterColumns, type EventFilter } from "./event-log.js";
 import type { Database, TaskRow } from "./schema.js";
 import { fitBudget, fitTasks } from "./size-budget.js";
 import { HOUR_MS } from "./status-counts.js";
@@ -143,32 +143,4 @@ function taskConditions(eb: ExpressionBuilder<Database, "tasks">, query: TaskQue
 async function count<T extends keyof Database>(matching: SelectQueryBuilder<Database, T, object>): Promise<number> {
   const row = await matching.select((eb) => eb.fn.countAll<number | string>().as("n")).executeTakeFirstOrThrow();
   return Number(row.n);
-}
-
-/**
- * The running tasks matching a filter, as each one's latest `running` event
- * from the log, and the log sequence S they are read at, in one consistent
- * snapshot: every event after S is a change the snapshot does not show yet.
- * The events are the log's own bytes, so sending them encodes nothing; the
- * filter is applied to the tasks, so only the sequence and bytes are read.
- */
-export async function runningSnapshot(db: Db, filter: EventFilter): Promise<{ sequence: number; entries: Pick<LogEntry, "sequence" | "payload">[] }> {
-  const read = async (k: Kysely<Database>) => {
-    const { last } = await logBounds(k);
-    let select = k
-      .selectFrom("tasks as t")
-      .innerJoin("events as e", "e.task_id", "t.task_id")
-      .select(["e.sequence", "e.payload"])
-      .where("t.status", "=", TaskStatus.RUNNING)
-      .where("e.sequence", "=", (eb) =>
-        eb.selectFrom("events as r").select((r) => r.fn.max("r.sequence").as("s")).whereRef("r.task_id", "=", "t.task_id").where("r.kind", "=", "running"),
-      );
-    for (const [column, value] of filterColumns(filter)) select = select.where(`t.${column}`, "=", value);
-    const rows = await select.orderBy("t.start_time").orderBy("t.task_id").execute();
-    return { sequence: last, entries: rows };
-  };
-  // PostgreSQL: one snapshot for both reads. SQLite: the transaction holds the
-  // only connection, so no write lands between them.
-  const transaction = db.kysely.transaction();
-  return db.dialect === "postgres" ? transaction.setIsolationLevel("repeatable read").execute(read) : transaction.execute(read);
 }

@@ -750,7 +750,7 @@ export const TaskTimeFieldSchema: GenEnum<TaskTimeField> = /*@__PURE__*/
  * reasons: INVALID_ARGUMENT (metadata: field), TASK_NOT_FOUND (task_id),
  * INVALID_TRANSITION (task_id, status, action), INVALID_PAGE_TOKEN,
  * PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence), CURSOR_AHEAD
- * (last_sequence), CONCURRENCY_LIMIT (agent_id, limit).
+ * (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit).
  *
  * @generated from service taskstream.v1.TaskService
  */

@@ -32,7 +32,7 @@ class TaskServiceStub:
     reasons: INVALID_ARGUMENT (metadata: field), TASK_NOT_FOUND (task_id),
     INVALID_TRANSITION (task_id, status, action), INVALID_PAGE_TOKEN,
     PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence), CURSOR_AHEAD
-    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit).
+    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit).
     """
 
     def __init__(self, channel):
@@ -90,7 +90,7 @@ class TaskServiceServicer:
     reasons: INVALID_ARGUMENT (metadata: field), TASK_NOT_FOUND (task_id),
     INVALID_TRANSITION (task_id, status, action), INVALID_PAGE_TOKEN,
     PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence), CURSOR_AHEAD
-    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit).
+    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit).
     """
 
     def DispatchTask(self, request, context):
@@ -216,7 +216,7 @@ class TaskService:
     reasons: INVALID_ARGUMENT (metadata: field), TASK_NOT_FOUND (task_id),
     INVALID_TRANSITION (task_id, status, action), INVALID_PAGE_TOKEN,
     PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence), CURSOR_AHEAD
-    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit).
+    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit).
     """
 
     @staticmethod
