@@ -34,6 +34,11 @@ export class SlotCounts {
     return limit === 0 || (this.byAgent.get(agentId) ?? 0) < limit;
   }
 
+  /** The agents with tasks running that have no free slot left. */
+  fullAgents(): string[] {
+    return [...this.byAgent.keys()].filter((agentId) => !this.hasSlot(agentId));
+  }
+
   take(agentId: string): void {
     this.total++;
     this.byAgent.set(agentId, (this.byAgent.get(agentId) ?? 0) + 1);

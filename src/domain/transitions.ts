@@ -44,12 +44,22 @@ export function requireStatus(task: TaskRow, action: Action): void {
   );
 }
 
+/** Whether the task's current attempt ran past its timeout (the sweeper may not have ended it yet). */
+export function timedOut(task: Pick<TaskRow, "timeout_time">, now: number): boolean {
+  return task.timeout_time > 0 && task.timeout_time <= now;
+}
+
 /**
  * Fences a worker's call: the lease must be the task's current one, the task
- * still RUNNING, and the lease not past its expiry.
+ * still RUNNING, and neither the lease past its expiry nor the attempt past
+ * its timeout (a lease is void from then on, not from when the sweeper acts).
  */
 export function requireLease(task: TaskRow, leaseId: string, action: Action, now: number): void {
-  if (leaseId !== task.lease_id) {
+  // A pending task keeps the lease of the attempt that ended (retried, or
+  // resumed after a suspend), but holds none: that lease is stale, not a
+  // lease of a task in the wrong state.
+  const stale = task.status === TaskStatus.PENDING;
+  if (leaseId !== task.lease_id || (stale && task.lease_expire_time > now)) {
     throw taskstreamError(
       Code.FailedPrecondition,
       "LEASE_MISMATCH",
@@ -57,12 +67,20 @@ export function requireLease(task: TaskRow, leaseId: string, action: Action, now
       { task_id: task.task_id, lease_id: leaseId },
     );
   }
-  requireStatus(task, action);
+  if (!stale) requireStatus(task, action);
   if (task.lease_expire_time <= now) {
     throw taskstreamError(
       Code.FailedPrecondition,
       "LEASE_EXPIRED",
       `lease ${leaseId} of task ${task.task_id} expired`,
+      { task_id: task.task_id, lease_id: leaseId },
+    );
+  }
+  if (timedOut(task, now)) {
+    throw taskstreamError(
+      Code.FailedPrecondition,
+      "LEASE_EXPIRED",
+      `lease ${leaseId} of task ${task.task_id} expired: attempt ${task.attempt} ran past its timeout of ${task.timeout_ms} ms`,
       { task_id: task.task_id, lease_id: leaseId },
     );
   }

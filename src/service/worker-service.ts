@@ -21,6 +21,12 @@ import { leaseMessage, writeClaimedTask } from "./leases.js";
 import { durationMs, intInRange, requireId, requireJsonObject, requireJsonValue } from "./validate.js";
 
 export const MAX_CLAIM_BATCH = 100;
+/**
+ * The most distinct tools one claim may name. Each is a bound parameter of
+ * the claim's query, and past the database's limit (32,766 on SQLite, 65,535
+ * on PostgreSQL) every claim failed INTERNAL.
+ */
+export const MAX_CLAIM_TOOLS = 1000;
 /** The most requests one DispatchTasks, CompleteTasks or FailTasks call may carry. */
 export const MAX_BATCH_REQUESTS = 1000;
 /** Claimers look again this often even unwoken: for work other replicas queue, and retries whose delay ran out. */
@@ -38,14 +44,14 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
     async claimTasks(req, ctx) {
       const request = {
         workerId: requireId("worker_id", req.workerId),
-        toolNames: req.toolNames.map((name, i) => requireId(`tool_names[${i}]`, name)),
+        toolNames: toolNames(req.toolNames),
         maxTasks: req.maxTasks === 0 ? 1 : intInRange("max_tasks", req.maxTasks, 1, MAX_CLAIM_BATCH),
         leaseMs: leaseMs("lease_duration", req.leaseDuration),
       };
       const deadline = Date.now() + waitMs(req, ctx, settings.maxClaimWaitMs);
       for (;;) {
         if (ctx.signal.aborted) return { tasks: [] };
-        const claimed = await store.claim(request);
+        const claimed = await store.claim(request, ctx.signal);
         const left = deadline - Date.now();
         if (claimed.length > 0 || left <= 0) {
           if (speaksJson(ctx)) {
@@ -58,14 +64,14 @@ export function workerService(deps: ServiceDeps): ServiceImpl<typeof WorkerServi
     },
 
     async heartbeat(req) {
-      const task = await store.heartbeat(
+      const { task, stop } = await store.heartbeat(
         requireId("task_id", req.taskId),
         requireId("lease_id", req.leaseId),
         leaseMs("lease_duration", req.leaseDuration),
       );
       return {
         lease: leaseMessage({ leaseId: task.lease_id, expireTime: task.lease_expire_time }),
-        cancelRequested: task.cancel_requested === 1 || task.status !== TaskStatus.RUNNING,
+        cancelRequested: stop || task.status !== TaskStatus.RUNNING,
       };
     },
 
@@ -116,6 +122,13 @@ function failure(req: FailTaskRequest): LeasedItem<TaskError> {
   const value = req.error ?? create(TaskErrorSchema, { message: "failed without an error" });
   requireJsonObject("error.details", value.details);
   return { taskId: requireId("task_id", req.taskId), leaseId: requireId("lease_id", req.leaseId), value };
+}
+
+/** A claim's tools, each an identifier, repeats dropped. */
+function toolNames(names: string[]): string[] {
+  const distinct = [...new Set(names.map((name, i) => requireId(`tool_names[${i}]`, name)))];
+  if (distinct.length > MAX_CLAIM_TOOLS) throw invalidArgument("tool_names", `must name at most ${MAX_CLAIM_TOOLS} distinct tools, not ${distinct.length}`);
+  return distinct;
 }
 
 /** How long this claim may wait: what the worker asked, capped by the server and the call's deadline. */

@@ -7,7 +7,7 @@ import { create } from "@bufbuild/protobuf";
 import { TaskErrorSchema, TaskStatus, type TaskError } from "../../gen/taskstream/v1/task_pb.js";
 import { agentLimit, hasLimits, SlotCounts, type ConcurrencyLimits } from "../domain/limits.js";
 import { canRetry, retryDelayMs } from "../domain/retry.js";
-import { requireLease, requireStatus } from "../domain/transitions.js";
+import { requireLease, requireStatus, timedOut } from "../domain/transitions.js";
 import { durationFromMs, timestampFromMs } from "../domain/time.js";
 import { taskNotFound, taskstreamError } from "../errors.js";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -215,50 +215,127 @@ export class TaskStore {
     return this.changeMany(items.map(({ taskId, leaseId, value }) => ({ taskId, decide: failSteps(leaseId, value) })));
   }
 
-  /** Leases up to maxTasks pending tasks of the given tools (any when empty), oldest first. */
-  async claim(request: ClaimBy & { toolNames: string[]; maxTasks: number }): Promise<LeasedTask[]> {
-    return this.transaction(async (tx) => {
+  /**
+   * Leases up to maxTasks pending tasks of the given tools (any when empty),
+   * oldest first. A claim whose caller went away (`signal` aborted) takes
+   * nothing: a lease its caller never receives would strand its task until
+   * the lease expired, and then cost it an attempt, or fail it. Checked
+   * before the claim commits, which rolls back, and once more after, which
+   * hands what it took back (see release).
+   */
+  async claim(request: ClaimBy & { toolNames: string[]; maxTasks: number }, signal?: AbortSignal): Promise<LeasedTask[]> {
+    let taken: TaskRow[] = [];
+    const claimed = await this.transaction(async (tx) => {
       const slots = await this.slotCounts(tx, false);
       if (slots?.full) return [];
-      let candidates = tx.trx
-        .selectFrom("tasks")
-        .selectAll()
-        .where("status", "=", TaskStatus.PENDING)
-        .where("ready_time", "<=", tx.now)
-        .orderBy("create_time")
-        .orderBy("task_id")
-        // With limits, look past tasks of agents without a free slot.
-        .limit(slots ? request.maxTasks * 4 + 100 : request.maxTasks);
-      if (request.toolNames.length > 0) candidates = candidates.where("tool_name", "in", request.toolNames);
-      // Concurrent claimers on PostgreSQL skip each other's rows instead of waiting.
-      if (this.db.dialect === "postgres") candidates = candidates.forUpdate().skipLocked();
-      const pending = await candidates.execute();
+      // With limits, look past tasks of agents without a free slot: those
+      // full already are left out by the query (looking past them by hand, a
+      // few hundred of one agent's tasks at the head of the queue hid every
+      // other agent's); those that fill up as this claim takes slots, by
+      // looking again without them.
+      const limit = slots ? request.maxTasks * 4 + 100 : request.maxTasks;
+      const full = new Set(slots?.fullAgents());
       const chosen: TaskRow[] = [];
+      for (let look = 0; look < 4 && chosen.length < request.maxTasks; look++) {
+        let candidates = tx.trx
+          .selectFrom("tasks")
+          .selectAll()
+          .where("status", "=", TaskStatus.PENDING)
+          .where("ready_time", "<=", tx.now)
+          .orderBy("create_time")
+          .orderBy("task_id")
+          .limit(limit);
+        if (request.toolNames.length > 0) candidates = candidates.where("tool_name", "in", request.toolNames);
+        if (full.size > 0) candidates = candidates.where(notAmong("agent_id", [...full], this.db.dialect));
+        if (chosen.length > 0) candidates = candidates.where("task_id", "not in", chosen.map((task) => task.task_id));
+        // Concurrent claimers on PostgreSQL skip each other's rows instead of waiting.
+        if (this.db.dialect === "postgres") candidates = candidates.forUpdate().skipLocked();
+        const pending = await candidates.execute();
+        let filledUp = false;
+        for (const task of pending) {
+          if (chosen.length === request.maxTasks || slots?.full) break;
+          if (slots && !slots.hasSlot(task.agent_id)) {
+            if (!full.has(task.agent_id)) {
+              full.add(task.agent_id);
+              filledUp = true;
+            }
+            continue;
+          }
+          slots?.take(task.agent_id);
+          chosen.push(task);
+        }
+        if (!slots || slots.full || pending.length < limit || !filledUp) break;
+      }
       // Claim no more than one response can carry: a lease the worker never
       // receives would strand its task until the lease expires.
-      const fitting = new Set(fitTasks(pending));
-      for (const task of pending) {
-        if (chosen.length === request.maxTasks || slots?.full || !fitting.has(task)) break;
-        if (slots && !slots.hasSlot(task.agent_id)) continue;
-        slots?.take(task.agent_id);
-        chosen.push(task);
-      }
+      chosen.splice(fitTasks(chosen).length);
+      if (chosen.length === 0 || signal?.aborted) return [];
       const running = await applyAll(tx, chosen.map((task) => ({ task, steps: [startRunning(task, request, tx.now)] })));
+      // The caller left while the claim ran: roll it back (one unit of a group commit alone).
+      if (signal?.aborted) throw CLAIM_ABANDONED;
+      taken = chosen;
       return running.map((task) => ({ task, lease: leaseOf(task) }));
+    }).catch((error: unknown) => {
+      if (error === CLAIM_ABANDONED) return [];
+      throw error;
     });
+    if (claimed.length > 0 && signal?.aborted) {
+      await this.release(claimed.map(({ lease }, i) => ({ before: taken[i], leaseId: lease.leaseId })));
+      return [];
+    }
+    return claimed;
+  }
+
+  /**
+   * Hands tasks a claim took back, as they were before it, for a caller that
+   * never received them: PENDING at the same attempt, with a `failed` event
+   * whose status is PENDING and retry_time now (the task is claimable again
+   * at once). A task whose lease already changed is left alone.
+   */
+  private async release(items: { before: TaskRow; leaseId: string }[]): Promise<void> {
+    await this.changeMany(
+      items.map(({ before, leaseId }) => ({
+        taskId: before.task_id,
+        decide: (task, now) => {
+          if (task.status !== TaskStatus.RUNNING || task.lease_id !== leaseId) return [];
+          // Cancelled meanwhile: a task nobody runs ends at once, as a pending one does.
+          if (task.cancel_requested) return [cancelStep(task.cancel_reason, now, null)];
+          const set = {
+            status: TaskStatus.PENDING,
+            attempt: before.attempt,
+            start_time: before.start_time,
+            worker_id: before.worker_id,
+            lease_id: before.lease_id,
+            lease_expire_time: before.lease_expire_time,
+            timeout_time: before.timeout_time,
+            ready_time: Math.min(before.ready_time, now),
+          };
+          const error = create(TaskErrorSchema, {
+            message: `the claim by worker ${task.worker_id} was abandoned: its caller went away before it received the task`,
+            code: "CLAIM_ABANDONED",
+            retryable: true,
+          });
+          return [{ set, event: { case: "failed", value: { error, status: TaskStatus.PENDING, retryTime: timestampFromMs(now) } } }];
+        },
+      })),
+    );
   }
 
   /**
    * Extends a lease. The worker learns to stop from the task it gets back: a
    * cancel was requested, or the task already ended CANCELLED or TIMED_OUT.
    */
-  async heartbeat(taskId: string, leaseId: string, leaseMs: number): Promise<TaskRow> {
-    return this.change(taskId, (task, now) => {
-      const revoked = task.status === TaskStatus.CANCELLED || task.status === TaskStatus.TIMED_OUT;
+  async heartbeat(taskId: string, leaseId: string, leaseMs: number): Promise<{ task: TaskRow; stop: boolean }> {
+    let stop = false;
+    const task = await this.change(taskId, (task, now) => {
+      // An attempt past its timeout is over, whether or not the sweeper ended it yet.
+      const revoked = task.status === TaskStatus.CANCELLED || task.status === TaskStatus.TIMED_OUT || (task.status === TaskStatus.RUNNING && timedOut(task, now));
+      stop = revoked || task.cancel_requested === 1;
       if (revoked && leaseId === task.lease_id) return [];
       requireLease(task, leaseId, "heartbeat", now);
       return [{ set: { lease_expire_time: now + leaseMs } }];
     });
+    return { task, stop };
   }
 
   async reportOutput(taskId: string, leaseId: string, output: Value): Promise<TaskRow> {
@@ -280,6 +357,10 @@ export class TaskStore {
   async suspend(taskId: string, leaseId: string, payload: Value | undefined): Promise<TaskRow> {
     return this.change(taskId, (task, now) => {
       requireLease(task, leaseId, "suspend", now);
+      // A requested cancel wins over suspending, as over failing: the task
+      // ends CANCELLED instead of waiting, cancel still requested, for a
+      // ResumeTask whose new attempt would be told at once to stop.
+      if (task.cancel_requested) return [cancelStep(task.cancel_reason, now, null)];
       const set = { status: TaskStatus.SUSPENDED, suspend_time: now, suspend_payload: valueToColumn(payload) };
       return [{ set, event: { case: "suspended", value: { payload } } }];
     });
@@ -478,6 +559,16 @@ export class TaskStore {
   }
 }
 
+/** `column` is none of `values`, bound as one parameter however many they are. */
+function notAmong(column: "agent_id", values: string[], dialect: DialectName) {
+  return dialect === "postgres"
+    ? sql<SqlBool>`${sql.ref(column)} <> ALL(${values}::text[])`
+    : sql<SqlBool>`${sql.ref(column)} NOT IN (SELECT value FROM json_each(${JSON.stringify(values)}))`;
+}
+
+/** Thrown inside a claim's transaction to roll it back when its caller went away. */
+const CLAIM_ABANDONED = new Error("claim abandoned: its caller went away");
+
 /** Applies steps to a task: one row update, and their events appended in order. */
 async function apply(tx: Tx, task: TaskRow, steps: Step[]): Promise<TaskRow> {
   return (await applyAll(tx, [{ task, steps }]))[0];
@@ -667,11 +758,10 @@ function failStep(error: TaskError, status: TaskStatus.FAILED | TaskStatus.TIMED
 /** What the sweeper does with a running task: time it out, retry or fail it, or leave it. */
 function expirySteps(task: TaskRow, now: number): Step[] {
   if (task.status !== TaskStatus.RUNNING) return [];
-  const timedOut = task.timeout_time > 0 && task.timeout_time <= now;
-  if (!timedOut && task.lease_expire_time > now) return [];
+  if (!timedOut(task, now) && task.lease_expire_time > now) return [];
   // A requested cancel ends the task CANCELLED, whoever acts first.
   if (task.cancel_requested) return [cancelStep(task.cancel_reason, now, null)];
-  if (timedOut) {
+  if (timedOut(task, now)) {
     const message = `attempt ${task.attempt} ran past its timeout of ${task.timeout_ms} ms`;
     return [failStep(create(TaskErrorSchema, { message, code: "TIMEOUT" }), TaskStatus.TIMED_OUT, now)];
   }
