@@ -21,6 +21,7 @@ export type ErrorReason =
   | "CURSOR_AHEAD"
   | "CONCURRENCY_LIMIT"
   | "STREAM_LIMIT"
+  | "STORAGE_CONFLICT"
   | "TASK_TOO_LARGE"
   | "RESPONSE_TOO_LARGE"
   | "SHUTTING_DOWN"

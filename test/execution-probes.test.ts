@@ -192,3 +192,43 @@ for (const dialect of DIALECTS) {
     });
   });
 }
+
+describe("concurrent batch dispatches sharing idempotency keys on postgres", () => {
+  let t: TestServer;
+  beforeAll(async () => {
+    t = await startTestServer("postgres", { sweepIntervalMs: 3_600_000 });
+  });
+  afterAll(() => t?.close());
+
+  // Before the fix about one call in three failed INTERNAL: PostgreSQL found
+  // the batches deadlocked on each other's keys (40P01) and ended one.
+  it("creates each task once and fails no call, whatever order each batch sends the keys in", async () => {
+    const toolName = unique();
+    const protocols = ["grpc", "connect", "connect-json", "grpc-web"] as const;
+    for (let round = 0; round < 3; round++) {
+      const ids = Array.from({ length: 1000 }, (_, i) => `${toolName}-${round}-${i}`);
+      const orders = [ids, [...ids].reverse(), ids.slice(500).concat(ids.slice(0, 500))];
+      const calls = Array.from({ length: 6 }, (_, k) =>
+        t.tasks(protocols[k % 4]).dispatchTasks({ requests: orders[k % 3].map((requestId) => ({ toolName, requestId })) }),
+      );
+      const results = await Promise.allSettled(calls);
+      expect(results.filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason))).toEqual([]);
+      const answers = results.flatMap((r) => (r.status === "fulfilled" ? r.value.results : []));
+      expect(answers.every((a) => a.outcome.case === "dispatched")).toBe(true);
+      // Every call answers each key with the one task that key made.
+      const byKey = new Map<string, Set<string>>();
+      for (const [k, r] of results.entries()) {
+        if (r.status !== "fulfilled") continue;
+        r.value.results.forEach((a, i) => {
+          const key = orders[k % 3][i];
+          const taskId = a.outcome.case === "dispatched" ? a.outcome.value.task!.taskId : "";
+          byKey.set(key, (byKey.get(key) ?? new Set()).add(taskId));
+        });
+      }
+      expect([...byKey.values()].every((tasks) => tasks.size === 1)).toBe(true);
+      const created = answers.filter((a) => a.outcome.case === "dispatched" && a.outcome.value.created).length;
+      expect(created).toBe(1000);
+    }
+    expect((await t.tasks().listTasks({ filter: { toolName } })).totalSize).toBe(3000n);
+  }, 120_000);
+});

@@ -2,7 +2,8 @@ import { Code } from "@connectrpc/connect";
 import BetterSqlite3 from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
-import { unavailableCause } from "../src/server/storage-errors.js";
+import { createLogger } from "../src/log.js";
+import { storageErrorConverter, unavailableCause } from "../src/server/storage-errors.js";
 import { expectError } from "./support/expect-error.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
 import { freshDatabase, startTestServer, startWith, withClients, type Protocol, type TestServer } from "./support/test-server.js";
@@ -40,6 +41,15 @@ describe("which storage errors are UNAVAILABLE", () => {
     ["nothing", undefined],
   ] as [string, unknown][])("not %s", (_, err) => {
     expect(unavailableCause(err)).toBeUndefined();
+  });
+
+  it.each([
+    ["a deadlock", "40P01"],
+    ["a serialization failure", "40001"],
+  ])("answers %s the writer could not retry away with ABORTED and STORAGE_CONFLICT", async (_, code) => {
+    const converted = storageErrorConverter(createLogger("error"))(withCode(code, "deadlock detected"), "DispatchTasks");
+    const err = await expectError(Promise.reject(converted), Code.Aborted, "STORAGE_CONFLICT");
+    expect(err.findDetails(ErrorInfoSchema)[0].metadata).toEqual({ code });
   });
 });
 

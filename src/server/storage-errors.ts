@@ -1,5 +1,6 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { taskstreamError } from "../errors.js";
+import { CONFLICT_CODES } from "../storage/group-commit.js";
 import type { Logger } from "../log.js";
 
 // Failures that pass when the database is back, so a client should retry:
@@ -41,6 +42,11 @@ export function storageErrorConverter(logger: Logger): (err: unknown, procedure:
     if (err instanceof ConnectError) return err;
     const cause = unavailableCause(err);
     if (cause) return storageUnavailable(cause);
+    const code = (err as { code?: unknown })?.code;
+    if (typeof code === "string" && CONFLICT_CODES.has(code)) {
+      // Still in conflict after the writer's own tries: the call may be retried as a whole.
+      return taskstreamError(Code.Aborted, "STORAGE_CONFLICT", "the change conflicted with concurrent changes; retry it", { code });
+    }
     logger.error("unexpected error", { procedure, error: String(err), stack: (err as Error)?.stack });
     return new ConnectError("internal error", Code.Internal);
   };

@@ -94,11 +94,20 @@ export async function updateTaskRows(trx: Transaction<Database>, dialect: Dialec
 /** Inserts task rows, skipping any that would break a unique index; returns the ids it inserted. */
 export async function insertNewTaskRows(trx: Transaction<Database>, dialect: DialectName, rows: TaskRow[]): Promise<Set<string>> {
   const inserted = new Set<string>();
-  for (const chunk of binaryChunks(rows)) {
+  // PostgreSQL locks each idempotency key as it inserts it: batches that
+  // share keys take them in one order, so that they wait rather than deadlock.
+  const ordered = dialect === "postgres" ? [...rows].sort(byIdempotencyKey) : rows;
+  for (const chunk of binaryChunks(ordered)) {
     const result = await insertRows(trx, dialect, "tasks", chunk, "on conflict do nothing returning task_id");
     for (const row of result.rows as { task_id: string }[]) inserted.add(row.task_id);
   }
   return inserted;
+}
+
+function byIdempotencyKey(a: TaskRow, b: TaskRow): number {
+  const key = (row: TaskRow) => `${row.request_id ?? ""}\u0000${row.agent_id}\u0000${row.tool_call_id}`;
+  const [x, y] = [key(a), key(b)];
+  return x < y ? -1 : x > y ? 1 : 0;
 }
 
 /**

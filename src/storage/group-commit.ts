@@ -10,9 +10,36 @@ export interface Writer {
   run<T>(work: WriteWork<T>): Promise<T>;
 }
 
-/** One database transaction per unit of work: what several processes sharing PostgreSQL need. */
+/**
+ * One database transaction per unit of work: what several processes sharing
+ * PostgreSQL need. PostgreSQL ends one of two transactions that wait on each
+ * other (two batch dispatches inserting the same idempotency keys in other
+ * orders, say) with a deadlock, and a unit of work only reads and writes
+ * inside its transaction, so the loser runs again, a few times at most.
+ */
 export function transactionPerWork(db: Kysely<Database>): Writer {
-  return { run: (work) => db.transaction().execute(work) };
+  return {
+    async run(work) {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await db.transaction().execute(work);
+        } catch (error) {
+          if (attempt === CONFLICT_ATTEMPTS || !isConflict(error)) throw error;
+          await new Promise((resolve) => setTimeout(resolve, Math.random() * 10 * 2 ** attempt));
+        }
+      }
+    },
+  };
+}
+
+/** How often a unit of work runs before its conflict is the caller's (ABORTED). */
+const CONFLICT_ATTEMPTS = 5;
+
+/** SQLSTATEs of a transaction PostgreSQL ended for a conflict with another: deadlock_detected, serialization_failure. */
+export const CONFLICT_CODES = new Set(["40P01", "40001"]);
+
+function isConflict(error: unknown): boolean {
+  return CONFLICT_CODES.has((error as { code?: unknown })?.code as string);
 }
 
 /** How one unit of a batch ended. */
