@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import http from "node:http";
 import http2 from "node:http2";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { fromJson, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
@@ -517,6 +517,21 @@ for (const dialect of DIALECTS) {
         expect((await t.tasks("connect-json").getTask({ taskId: pending.taskId })).task!.taskId).toBe(pending.taskId);
         expect((await t.tasks().getTask({ taskId: pending.taskId })).task!.taskId).toBe(pending.taskId);
         expect((await t.grpcJs.tasks.getTask({ taskId: pending.taskId })).task!.taskId).toBe(pending.taskId);
+      });
+
+      // gRPC clients share one HTTP/2 connection: large calls in flight must not refuse its other calls.
+      // (connect-node's own session refuses them past 10 MB unless raised, as README says.)
+      it("serves a connection's other calls while several 3 MiB requests are in flight on it", async () => {
+        const bigTool = `${tool}-concurrent-big`;
+        const roomy = createClient(TaskService, createGrpcTransport({ baseUrl: t.server.url, nodeOptions: { maxSessionMemory: 64 } }));
+        const dispatches = Array.from({ length: 6 }, () => roomy.dispatchTask({ toolName: bigTool, args: big(3 * MiB) }));
+        const dispatchesJs = Array.from({ length: 3 }, () => t.grpcJs.tasks.dispatchTask({ toolName: bigTool, args: big(3 * MiB) }));
+        const reads = Array.from({ length: 30 }, () => roomy.getTask({ taskId: pending.taskId }));
+        const readsJs = Array.from({ length: 10 }, () => t.grpcJs.tasks.getTask({ taskId: pending.taskId }));
+        const results = await Promise.allSettled([...dispatches, ...dispatchesJs, ...reads, ...readsJs]);
+        created += 9;
+        expect(results.filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason))).toEqual([]);
+        expect((await t.tasks().listTasks({ filter: { toolName: bigTool } })).totalSize).toBe(9n);
       });
 
       it("dispatches 3 MiB of args and reads them back whole", async () => {

@@ -21,6 +21,15 @@ const CALL_ENDED = new ConnectError("the call ended", Code.Canceled);
  * async way). Larger answers still go to the pool, so the loop never stalls long.
  */
 const GZIP_ON_LOOP_MAX_BYTES = 64 * 1024;
+/**
+ * How much of a request over the size limit is read and dropped before the
+ * stream is reset. A Node client (grpc-js) whose stream is reset while it
+ * still sends keeps counting the unsent bytes against its connection's
+ * memory, for good: after one 5 MiB request refused that way, its next few
+ * large calls on the connection failed RESOURCE_EXHAUSTED ("Bandwidth
+ * exhausted"). Read to its end, the refusal costs the client nothing.
+ */
+const DRAIN_MAX_BYTES = 16 * 1024 * 1024;
 
 export function gzipAnswer(message: Uint8Array): Promise<Uint8Array> | Uint8Array {
   return message.length <= GZIP_ON_LOOP_MAX_BYTES ? gzipSync(message, { level: 1 }) : gzipAsync(message, { level: 1 });
@@ -229,8 +238,8 @@ async function serve(
 
 /**
  * The request's body, read with listeners: an async iterator over the request
- * (for await) cost ~40 us of each call. Like leaving a for-await loop, going
- * over the size limit destroys the request.
+ * (for await) cost ~40 us of each call. A body over the size limit is
+ * dropped as it arrives and refused at its end, or reset past DRAIN_MAX_BYTES.
  */
 function readBody(req: http2.Http2ServerRequest, maxBytes: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -245,13 +254,16 @@ function readBody(req: http2.Http2ServerRequest, maxBytes: number): Promise<Buff
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size <= maxBytes + 5) return void chunks.push(chunk);
+      chunks.length = 0;
+      if (size <= DRAIN_MAX_BYTES) return;
       done();
       req.destroy();
       reject(new ConnectError(`request message larger than ${maxBytes} bytes`, Code.ResourceExhausted));
     };
     const onEnd = () => {
       done();
-      resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
+      if (size > maxBytes + 5) reject(new ConnectError(`request message larger than ${maxBytes} bytes`, Code.ResourceExhausted));
+      else resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
     };
     const onError = (error: Error) => {
       done();

@@ -23,6 +23,15 @@ export interface ListenOptions {
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
 /**
+ * What one HTTP/2 connection may hold in Node's session buffers, in MB. gRPC
+ * clients send every call over one connection, and at Node's default (10)
+ * three requests of a few MiB in flight made the server refuse the
+ * connection's other calls (RESOURCE_EXHAUSTED, ENHANCE_YOUR_CALM). 64 holds
+ * a dozen messages of the 4 MiB limit at once, and still bounds a connection.
+ */
+const SESSION_MEMORY_MB = 64;
+
+/**
  * Listens on one port for gRPC (HTTP/2) and for browsers and curl (HTTP/1.1).
  * With TLS, ALPN picks the protocol. Without it, Node's HTTP/2 server would
  * refuse HTTP/1.1, so the first bytes of each connection choose the server.
@@ -30,10 +39,10 @@ const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 export async function listen(handler: Handler, options: ListenOptions): Promise<Listener> {
   const h2 = options.tls
     ? http2.createSecureServer(
-        { cert: readFileSync(options.tls.certFile), key: readFileSync(options.tls.keyFile), allowHTTP1: true },
+        { cert: readFileSync(options.tls.certFile), key: readFileSync(options.tls.keyFile), allowHTTP1: true, maxSessionMemory: SESSION_MEMORY_MB },
         handler,
       )
-    : http2.createServer({}, handler);
+    : http2.createServer({ maxSessionMemory: SESSION_MEMORY_MB }, handler);
   const h1 = http.createServer(handler as http.RequestListener);
   // h1 gets its sockets from `route`, never from listen(); this starts the
   // connection tracking closeIdleConnections() and request timeouts rely on.
