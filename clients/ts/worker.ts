@@ -91,9 +91,11 @@ const MIN_BACKOFF_MS = 100;
 const MAX_BACKOFF_MS = 5000;
 const SETTLE_ATTEMPTS = 5;
 const MIN_HEARTBEAT_MS = 100;
+/** How much of a handler's error a FailTask refused for its size still carries. */
+const REFUSED_ERROR_EXCERPT = 1000;
 /** Unary calls other than the long-poll: a connection gone silent must not stall a job forever. */
 const CALL_TIMEOUT_MS = 10_000;
-/** Whether a claim or settle call that failed may succeed on a later try: what `retryable` says of a stream, and RESOURCE_EXHAUSTED. */
+/** Whether a claim that failed may succeed on a later try: what `retryable` says of a stream, and RESOURCE_EXHAUSTED (no free slot now). */
 function transient(error: ConnectError): boolean {
   return retryable(error) || error.code === Code.ResourceExhausted;
 }
@@ -336,17 +338,14 @@ class RunningJob {
   }
 
   /** Reports the outcome; a refusal means the task moved on without us, and is dropped. */
-  private async settle(outcome: Outcome): Promise<void> {
+  private async settle(outcome: Outcome, isFallback = false): Promise<void> {
     try {
       await this.withRetries(() => this.send(outcome));
     } catch (err) {
       const error = ConnectError.from(err);
-      // A result or payload the server will not store (too large, too deep): fail rather than leave the task to its lease.
-      if (outcome.kind !== "fail" && error.code === Code.InvalidArgument) {
-        const call = outcome.kind === "complete" ? "CompleteTask" : "SuspendTask";
-        const refused = { message: `${call} refused: ${error.rawMessage}`, code: errorReason(error) ?? "INVALID_ARGUMENT" };
-        return this.settle({ kind: "fail", error: refused });
-      }
+      // What the call carries is refused (too large, too deep): fail the task saying so, rather than
+      // leave it to its lease and have each retry end the same way.
+      if (contentRefused(error) && !isFallback) return this.settle(refusal(outcome, error), true);
       this.onError?.(error, this.task);
     }
   }
@@ -368,7 +367,8 @@ class RunningJob {
       } catch (err) {
         const error = ConnectError.from(err);
         const sleep = jitter(wait);
-        const worthIt = transient(error) && attempt < SETTLE_ATTEMPTS && Date.now() + sleep < this.validUntil;
+        // Not RESOURCE_EXHAUSTED: a settle call gets it only for a message over the server's limit.
+        const worthIt = retryable(error) && attempt < SETTLE_ATTEMPTS && Date.now() + sleep < this.validUntil;
         if (!worthIt) throw error;
         await delay(sleep);
         wait = Math.min(2 * wait, MAX_BACKOFF_MS);
@@ -381,16 +381,34 @@ function leaseGone(error: ConnectError): boolean {
   return error.code === Code.FailedPrecondition || error.code === Code.NotFound;
 }
 
+/** A settle call refused for what it carries: invalid (too deep, too large to store) or larger than one message. */
+function contentRefused(error: ConnectError): boolean {
+  return error.code === Code.InvalidArgument || error.code === Code.ResourceExhausted;
+}
+
+/** The failure that stands for an outcome the server refused: why, and what of a handler's error fits. */
+function refusal(outcome: Outcome, error: ConnectError): Outcome {
+  const call = { complete: "CompleteTask", suspend: "SuspendTask", fail: "FailTask" }[outcome.kind];
+  const code = errorReason(error) ?? (error.code === Code.InvalidArgument ? "INVALID_ARGUMENT" : "RESOURCE_EXHAUSTED");
+  const message = `${call} refused: ${error.rawMessage}`;
+  if (outcome.kind !== "fail") return { kind: "fail", error: { message, code } };
+  const original = outcome.error.message ?? "";
+  const excerpt = original.length > REFUSED_ERROR_EXCERPT ? `${original.slice(0, REFUSED_ERROR_EXCERPT)}…` : original;
+  return { kind: "fail", error: { message: `${message}; the error was: ${excerpt}`, code, retryable: outcome.error.retryable } };
+}
+
 /** A handler's JSON as a google.protobuf.Value; undefined (a handler returning nothing) as no value. */
 function toValue(value: JsonValue | undefined): Value | undefined {
   return value === undefined ? undefined : fromJson(ValueSchema, value);
 }
 
 function taskError(err: unknown): MessageInitShape<typeof TaskErrorSchema> {
-  const stack = err instanceof Error ? (err.stack ?? "") : "";
+  // Duck-typed: an Error of another realm (a vm context, a frame) fails `instanceof Error`, as do thrown { message } objects.
+  const errorLike = typeof err === "object" && err !== null && typeof (err as Error).message === "string";
+  const stack = errorLike && typeof (err as Error).stack === "string" ? (err as Error).stack! : "";
   if (err instanceof TaskFailure) return { message: err.message, stack, code: err.code, retryable: err.retryable, details: err.details };
   // A plain error: the task's retry policy decides whether another attempt comes.
-  return { message: err instanceof Error ? err.message : String(err), stack, retryable: true };
+  return { message: errorLike ? (err as Error).message : String(err), stack, retryable: true };
 }
 
 /** Wakes whoever waits for a free slot. */

@@ -10,17 +10,25 @@ import net from "node:net";
  */
 export type ProxyMode = { kind: "forward" } | { kind: "refuse" } | { kind: "blackhole" } | { kind: "reject"; sqlstate: string; message: string };
 
-/** A TCP proxy in front of a PostgreSQL server, to make it fail in the ways a network or a database does. */
+/** A TCP proxy in front of a PostgreSQL server (or any TCP server), to make it fail in the ways a network or a database does. */
 export interface TcpProxy {
   port: number;
   /** Switches mode; every connection open so far is cut, as when a database restarts. */
   setMode(mode: ProxyMode): Promise<void>;
+  /**
+   * Stalled, forwarded connections stay open but pass no byte either way (new ones too), as when a
+   * network drops packets for a while; unstalled, what waited is delivered. Cuts nothing.
+   */
+  setStalled(stalled: boolean): void;
   close(): Promise<void>;
 }
 
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   let mode: ProxyMode = { kind: "forward" };
+  let stalled = false;
   const sockets = new Set<net.Socket>();
+  /** Forwarded connections, each able to stop and start its bytes. */
+  const links = new Set<{ flow(): void; hold(): void }>();
   const track = (socket: net.Socket) => {
     sockets.add(socket);
     socket.on("error", () => {});
@@ -32,8 +40,17 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     if (mode.kind === "reject") return rejectStartup(client, mode);
     const upstream = net.connect(target.port, target.host);
     track(upstream);
-    client.pipe(upstream).pipe(client);
+    const link = {
+      flow: () => client.pipe(upstream).pipe(client),
+      hold: () => {
+        client.unpipe(upstream).pause();
+        upstream.unpipe(client).pause();
+      },
+    };
+    links.add(link);
+    if (!stalled) link.flow();
     const cut = () => {
+      links.delete(link);
       client.destroy();
       upstream.destroy();
     };
@@ -53,6 +70,11 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
       if (next.kind === "refuse" && server.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
       if (next.kind !== "refuse" && !server.listening) await listen(port);
       mode = next;
+    },
+    setStalled(next) {
+      if (next === stalled) return;
+      stalled = next;
+      for (const link of links) (stalled ? link.hold : link.flow)();
     },
     async close() {
       cutAll();

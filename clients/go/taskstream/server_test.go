@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +18,9 @@ import (
 type server struct {
 	URL  string
 	Addr string
+	// Stop interrupts the server (SIGINT) and waits for it to exit; the
+	// test's cleanup does it too.
+	Stop func()
 }
 
 // startServer runs `node bin/taskstream.js serve --port 0` from the repository
@@ -27,6 +31,13 @@ func startServer(t *testing.T) *server {
 	if testing.Short() {
 		t.Skip("-short: no taskstream server")
 	}
+	return startServerOn(t, filepath.Join(t.TempDir(), "taskstream.db"), 0)
+}
+
+// startServerOn runs the server on database (a SQLite file) and port (0:
+// any free one), to start one again where another ran.
+func startServerOn(t *testing.T, database string, port int) *server {
+	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Fatalf("the tests run a real taskstream server and need node on PATH: %v", err)
@@ -36,7 +47,7 @@ func startServer(t *testing.T) *server {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(node, filepath.Join(root, "bin", "taskstream.js"), "serve",
-		"--port", "0", "--database", filepath.Join(t.TempDir(), "taskstream.db"), "--shutdown-drain-ms", "0")
+		"--port", strconv.Itoa(port), "--database", database, "--shutdown-drain-ms", "0")
 	cmd.Dir = root
 	cmd.Env = withoutTaskstreamSettings(os.Environ())
 	cmd.Stderr = os.Stderr
@@ -47,17 +58,18 @@ func startServer(t *testing.T) *server {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	stop := func() {
 		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-exited:
 		case <-time.After(10 * time.Second):
 			_ = cmd.Process.Kill()
-			<-done
+			<-exited
 		}
-	})
+	}
+	t.Cleanup(stop)
 	listening := make(chan string, 1)
 	go func() {
 		lines := bufio.NewScanner(stdout)
@@ -74,7 +86,7 @@ func startServer(t *testing.T) *server {
 	select {
 	case url := <-listening:
 		host := url[len("http://"):]
-		return &server{URL: url, Addr: host}
+		return &server{URL: url, Addr: host, Stop: stop}
 	case <-time.After(60 * time.Second):
 		t.Fatal("no \"taskstream listening\" line within 60 s")
 		return nil
@@ -100,6 +112,10 @@ type proxy struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	down   bool
+	// stalled holds every byte where it is, both ways, until unstalled;
+	// flowing is closed while it is not.
+	stalled bool
+	flowing chan struct{}
 }
 
 func startProxy(t *testing.T, target string) *proxy {
@@ -107,8 +123,9 @@ func startProxy(t *testing.T, target string) *proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{Addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]struct{}{}}
-	t.Cleanup(func() { ln.Close(); p.setDown(true) })
+	p := &proxy{Addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]struct{}{}, flowing: make(chan struct{})}
+	close(p.flowing)
+	t.Cleanup(func() { ln.Close(); p.setStalled(false); p.setDown(true) })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -137,9 +154,46 @@ func (p *proxy) serve(c net.Conn) {
 	p.mu.Lock()
 	p.conns[c], p.conns[upstream] = struct{}{}, struct{}{}
 	p.mu.Unlock()
-	go func() { _, _ = io.Copy(upstream, c); upstream.Close() }()
-	_, _ = io.Copy(c, upstream)
+	go func() { p.copy(upstream, c); upstream.Close() }()
+	p.copy(c, upstream)
 	c.Close()
+}
+
+// copy passes what src sends to dst, holding it while the proxy is stalled.
+func (p *proxy) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			flowing := p.flowing
+			p.mu.Unlock()
+			<-flowing
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// setStalled(true) keeps every connection open but passes no more bytes
+// either way, as a network dropping packets; setStalled(false) delivers what
+// waited.
+func (p *proxy) setStalled(stalled bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if stalled == p.stalled {
+		return
+	}
+	p.stalled = stalled
+	if stalled {
+		p.flowing = make(chan struct{})
+	} else {
+		close(p.flowing)
+	}
 }
 
 // setDown(true) closes every connection and refuses new ones until setDown(false).

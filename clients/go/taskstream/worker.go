@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -278,14 +279,23 @@ func (r *runState) start(claimed *taskstreamv1.ClaimedTask) {
 }
 
 func (r *runState) runJob(job *Job) {
-	value, err := callHandler(r.worker.handlers[job.Task.GetToolName()], job)
-	job.cancel(nil) // as for an HTTP request's ctx: what the handler started ends with it
-	r.releaseSlots(1)
-	if job.take() {
-		defer r.finish(job)
-		r.worker.settle(r.detached, job, value, err)
-	}
+	var value any
+	err := errHandlerExited // unless the handler returns
+	// Deferred, so that it runs when the handler ends its goroutine with
+	// runtime.Goexit (t.FailNow does) instead of returning.
+	defer func() {
+		job.cancel(nil) // as for an HTTP request's ctx: what the handler started ends with it
+		r.releaseSlots(1)
+		if job.take() {
+			defer r.finish(job)
+			r.worker.settle(r.detached, job, value, err)
+		}
+	}()
+	value, err = callHandler(r.worker.handlers[job.Task.GetToolName()], job)
 }
+
+// errHandlerExited fails the task of a handler that called runtime.Goexit.
+var errHandlerExited = errors.New("taskstream: the handler ended its goroutine (runtime.Goexit) without returning")
 
 // callHandler runs the handler, turning a panic into an error.
 func callHandler(handler Handler, job *Job) (value any, err error) {
@@ -482,42 +492,81 @@ func (w *Worker) settle(ctx context.Context, job *Job, value any, handlerErr err
 		w.logger.Info("taskstream worker: lease lost, nothing reported", "task_id", job.Task.GetTaskId())
 		return
 	}
-	name, call := w.settlement(job, value, handlerErr)
+	name, call, failure := w.settlement(job, value, handlerErr)
 	err := w.report(ctx, job, name, call)
-	var refused *connect.Error
-	if name != "FailTask" && errors.As(err, &refused) && refused.Code() == connect.CodeInvalidArgument {
-		reason, _ := ErrorReason(err)
-		failure := &Failure{Message: name + " refused: " + refused.Message(), Code: cmp.Or(reason, "INVALID_ARGUMENT")}
-		w.report(ctx, job, "FailTask", w.failCall(job, failure.taskError()))
+	if contentRefused(err) {
+		// Each retry would end the same way: fail the task saying why, once,
+		// rather than leave it to its lease.
+		w.report(ctx, job, "FailTask", w.failCall(job, refusal(name, failure, err)))
 	}
 }
 
+// contentRefused says whether the server refused a settle call for what it
+// carries: invalid (too deep, too large to store) or larger than a message
+// may be (RESOURCE_EXHAUSTED, which a settle call gets for nothing else).
+func contentRefused(err error) bool {
+	code := connect.CodeOf(err)
+	return err != nil && (code == connect.CodeInvalidArgument || code == connect.CodeResourceExhausted)
+}
+
+// refusedErrorExcerpt is how much of a handler's error a FailTask refused
+// for its size still carries.
+const refusedErrorExcerpt = 1000
+
+// refusal is the failure that stands for a settle call refused for its
+// content: why, and the start of the handler's error (failure) if it was one.
+func refusal(call string, failure *taskstreamv1.TaskError, err error) *taskstreamv1.TaskError {
+	reason, _ := ErrorReason(err)
+	code := cmp.Or(reason, strings.ToUpper(connect.CodeOf(err).String()))
+	message := call + " refused: " + errorMessage(err)
+	if failure == nil {
+		return &taskstreamv1.TaskError{Message: message, Code: code}
+	}
+	excerpt := failure.GetMessage()
+	if len(excerpt) > refusedErrorExcerpt {
+		excerpt = strings.ToValidUTF8(excerpt[:refusedErrorExcerpt], "") + "…"
+	}
+	return &taskstreamv1.TaskError{Message: message + "; the error was: " + excerpt, Code: code, Retryable: failure.GetRetryable()}
+}
+
+// errorMessage is a connect error's message without its code.
+func errorMessage(err error) string {
+	var connectErr *connect.Error
+	if errors.As(err, &connectErr) {
+		return connectErr.Message()
+	}
+	return err.Error()
+}
+
 // settlement is the call that reports the handler's end: CompleteTask,
-// SuspendTask or FailTask.
-func (w *Worker) settlement(job *Job, value any, handlerErr error) (string, func(context.Context) error) {
+// SuspendTask or FailTask, with the TaskError it sends if it is FailTask.
+func (w *Worker) settlement(job *Job, value any, handlerErr error) (string, func(context.Context) error, *taskstreamv1.TaskError) {
 	taskID, leaseID := job.Task.GetTaskId(), job.Lease.GetLeaseId()
+	fail := func(taskErr *taskstreamv1.TaskError) (string, func(context.Context) error, *taskstreamv1.TaskError) {
+		return "FailTask", w.failCall(job, taskErr), taskErr
+	}
 	var suspend *suspendError
 	if errors.As(handlerErr, &suspend) {
 		payload, err := toValue(suspend.payload)
 		if err != nil {
-			return "FailTask", w.failCall(job, (&Failure{Message: "suspend payload is not a JSON value: " + err.Error(), Code: "INVALID_SUSPEND_PAYLOAD"}).taskError())
+			return fail((&Failure{Message: "suspend payload is not a JSON value: " + err.Error(), Code: "INVALID_SUSPEND_PAYLOAD"}).taskError())
 		}
 		return "SuspendTask", func(ctx context.Context) error {
 			_, err := w.client.Workers.SuspendTask(ctx, connect.NewRequest(&taskstreamv1.SuspendTaskRequest{TaskId: taskID, LeaseId: leaseID, Payload: payload}))
 			return err
-		}
+		}, nil
 	}
 	if handlerErr != nil {
-		return "FailTask", w.failCall(job, taskErrorOf(handlerErr))
+		return fail(taskErrorOf(handlerErr))
 	}
 	result, err := toValue(value)
 	if err != nil {
-		return "FailTask", w.failCall(job, (&Failure{Message: "result is not a JSON value: " + err.Error(), Code: "INVALID_RESULT"}).taskError())
+		return fail((&Failure{Message: "result is not a JSON value: " + err.Error(), Code: "INVALID_RESULT"}).taskError())
 	}
 	return "CompleteTask", func(ctx context.Context) error {
 		_, err := w.client.Workers.CompleteTask(ctx, connect.NewRequest(&taskstreamv1.CompleteTaskRequest{TaskId: taskID, LeaseId: leaseID, Result: result}))
 		return err
-	}
+	}, nil
 }
 
 func (w *Worker) failCall(job *Job, taskErr *taskstreamv1.TaskError) func(context.Context) error {
@@ -539,7 +588,8 @@ func (w *Worker) report(ctx context.Context, job *Job, name string, call func(co
 		callCtx, cancel := context.WithTimeout(ctx, settleCallTimeout)
 		err = call(callCtx)
 		cancel()
-		if err == nil || !transient(err) || attempt == settleAttempts || job.leaseLeft() < backoff {
+		// Not RESOURCE_EXHAUSTED: a settle call gets it only for a message over the server's limit.
+		if err == nil || !Retryable(err) || attempt == settleAttempts || job.leaseLeft() < backoff {
 			break
 		}
 		time.Sleep(jitter(backoff))

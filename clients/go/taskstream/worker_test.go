@@ -23,16 +23,20 @@ type workerTest struct {
 	t      *testing.T
 	ctx    context.Context
 	client *taskstream.Client
+	srv    *server
 }
 
 func newWorkerTest(t *testing.T) *workerTest {
 	t.Parallel()
-	srv := startServer(t)
+	return newWorkerTestOn(t, startServer(t))
+}
+
+func newWorkerTestOn(t *testing.T, srv *server) *workerTest {
 	client := taskstream.NewClient(srv.URL)
 	t.Cleanup(client.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
-	return &workerTest{t: t, ctx: ctx, client: client}
+	return &workerTest{t: t, ctx: ctx, client: client, srv: srv}
 }
 
 // runningWorker is a Worker's Run in a goroutine.
@@ -44,7 +48,13 @@ type runningWorker struct {
 // run starts a worker; the test's cleanup stops it.
 func (wt *workerTest) run(handlers map[string]taskstream.Handler, opts ...taskstream.WorkerOption) *runningWorker {
 	wt.t.Helper()
-	w, err := taskstream.NewWorker(wt.client, "go-worker", handlers, opts...)
+	return wt.runWith(wt.client, "go-worker", handlers, opts...)
+}
+
+// runWith starts a worker on client, as workerID.
+func (wt *workerTest) runWith(client *taskstream.Client, workerID string, handlers map[string]taskstream.Handler, opts ...taskstream.WorkerOption) *runningWorker {
+	wt.t.Helper()
+	w, err := taskstream.NewWorker(client, workerID, handlers, opts...)
 	if err != nil {
 		wt.t.Fatalf("NewWorker: %v", err)
 	}

@@ -43,9 +43,15 @@ _MIN_HEARTBEAT = 0.1
 # followed by a pause, so that the loop does not spin on the server.
 _MIN_CLAIM_INTERVAL = 0.25
 _SETTLE_ATTEMPTS = 5
-# Worth calling again after a pause: what a stream retries, and a server
-# short of something now.
+# Worth claiming again after a pause: what a stream retries, and a server
+# short of something now. Settle calls retry RETRYABLE only: they get
+# RESOURCE_EXHAUSTED for nothing but a message over the server's limit.
 _TRANSIENT = RETRYABLE | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+# A settle call refused for what it carries: invalid (too deep, too large to
+# store) or larger than one message.
+_CONTENT_REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# How much of a handler's error a FailTask refused for its size still carries.
+_REFUSED_ERROR_EXCERPT = 1000
 # The lease is no longer the task's: it was cancelled, timed out, or leased again.
 _LEASE_GONE = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
 
@@ -320,7 +326,7 @@ class Worker:
             except Suspend as suspend:
                 return "SuspendTask", worker_service_pb2.SuspendTaskRequest(payload=to_value(suspend.payload), **job._ids())
             return "CompleteTask", worker_service_pb2.CompleteTaskRequest(result=to_value(value), **job._ids())
-        except Exception as error:  # noqa: BLE001 - any handler error fails the task
+        except BaseException as error:  # noqa: BLE001 - any handler error fails the task, SystemExit too
             return "FailTask", worker_service_pb2.FailTaskRequest(error=_task_error(error), **job._ids())
 
     def _heartbeat(self, job: Job) -> None:
@@ -346,7 +352,7 @@ class Worker:
             if response.cancel_requested:
                 job._cancel("cancel requested")
 
-    def _settle(self, job: Job, method: str, request) -> None:
+    def _settle(self, job: Job, method: str, request, fallback: bool = False) -> None:
         """Makes the settle call, again after a transient error while the
         lease may hold; a refusal (the lease is gone) is dropped."""
         backoff = Backoff()
@@ -359,13 +365,14 @@ class Worker:
                 if code in _LEASE_GONE:
                     log.info("%s of task %s refused, dropped: %s", method, job.task.task_id, error.details())
                     return
-                if code == grpc.StatusCode.INVALID_ARGUMENT and method != "FailTask":
-                    # A result or payload the server will not store (too large, too
-                    # deep): fail the task rather than leave it to its lease.
-                    refused = task_pb2.TaskError(message=f"{method} refused: {error.details()}", code=_reason(error))
-                    return self._settle(job, "FailTask", worker_service_pb2.FailTaskRequest(error=refused, **job._ids()))
+                if code in _CONTENT_REFUSED and not fallback:
+                    # What the call carries is refused (too large, too deep): each
+                    # retry would end the same way. Fail the task saying why, once,
+                    # rather than leave it to its lease.
+                    refused = _refusal(method, request, error)
+                    return self._settle(job, "FailTask", worker_service_pb2.FailTaskRequest(error=refused, **job._ids()), fallback=True)
                 pause = backoff.next()
-                if code not in _TRANSIENT or attempt == _SETTLE_ATTEMPTS or time.monotonic() + pause > job._lease_deadline:
+                if code not in RETRYABLE or attempt == _SETTLE_ATTEMPTS or time.monotonic() + pause > job._lease_deadline:
                     log.error("%s of task %s failed (%s): %s", method, job.task.task_id, code.name, error.details())
                     return
                 time.sleep(pause)
@@ -411,7 +418,7 @@ def to_value(value: Any) -> struct_pb2.Value:
     return json_format.ParseDict(value, struct_pb2.Value())
 
 
-def _task_error(error: Exception) -> task_pb2.TaskError:
+def _task_error(error: BaseException) -> task_pb2.TaskError:
     stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     if not isinstance(error, Failure):
         message = "".join(traceback.format_exception_only(type(error), error)).strip()
@@ -427,10 +434,18 @@ def _task_error(error: Exception) -> task_pb2.TaskError:
     return task_error
 
 
-def _reason(error: grpc.RpcError) -> str:
+def _refusal(method: str, request, error: grpc.RpcError) -> task_pb2.TaskError:
+    """The failure that stands for a settle call refused for its content: why,
+    and the start of the handler's error if it was one."""
     from taskstream import error_reason  # here: taskstream imports this module
 
-    return error_reason(error)[0] or "INVALID_ARGUMENT"
+    code = error_reason(error)[0] or error.code().name
+    message = f"{method} refused: {error.details()}"
+    if method != "FailTask":
+        return task_pb2.TaskError(message=message, code=code)
+    original = request.error.message
+    excerpt = original if len(original) <= _REFUSED_ERROR_EXCERPT else original[:_REFUSED_ERROR_EXCERPT] + "…"
+    return task_pb2.TaskError(message=f"{message}; the error was: {excerpt}", code=code, retryable=request.error.retryable)
 
 
 def _lease_seconds_left(lease: task_pb2.Lease) -> float:

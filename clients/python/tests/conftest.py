@@ -61,6 +61,9 @@ class Proxy:
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        # Cleared while stalled: connections stay open, no byte passes.
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -83,6 +86,7 @@ class Proxy:
         try:
             while True:
                 ready, _, _ = select.select([a, b], [], [])
+                self._flowing.wait()  # while stalled, what arrived waits unread
                 for source in ready:
                     data = source.recv(65536)
                     if not data:
@@ -110,9 +114,19 @@ class Proxy:
             sockets = list(self._open)
         self._close(*sockets)
 
+    def stall(self) -> None:
+        """Passes no more bytes either way, keeping every connection open, as a
+        network dropping packets does, until :meth:`resume`."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Delivers what waited while stalled, and passes bytes again."""
+        self._flowing.set()
+
     def close(self) -> None:
         self._listener.close()
         self.cut()
+        self.resume()  # so that no pipe thread waits for good
 
 
 @pytest.fixture

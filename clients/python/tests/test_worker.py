@@ -354,3 +354,245 @@ def test_a_worker_needs_an_id_and_handlers():
             Worker(client, WORKER_ID, {})
         with pytest.raises(ValueError):
             Worker(client, WORKER_ID, {"py-any": lambda job: None}, concurrency=0)
+
+
+class NotingSettles:
+    """A client whose workers stub notes the lease of each settle call
+    (CompleteTask, FailTask, SuspendTask) made through it."""
+
+    SETTLES = ("CompleteTask", "FailTask", "SuspendTask")
+
+    def __init__(self, client: Client):
+        self._stub = client.workers
+        self.workers = self
+        self.leases: list[str] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self._stub, name)
+        if name not in self.SETTLES:
+            return method
+
+        def call(request, **kwargs):
+            self.leases.append(request.lease_id)
+            return method(request, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def via_proxy(start_server, proxy):
+    """A server (with these flags), a producer's client on it, and a proxy
+    in front of it with a worker's client that notes its settle calls."""
+    clients: list[Client] = []
+
+    def make(*flags: str):
+        server = start_server(*flags)
+        p = proxy(server.address)
+        direct, proxied = Client(server.url), Client(p.address)
+        clients.extend((direct, proxied))
+        return server, direct, p, NotingSettles(proxied)
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def requeued(client: Client, task) -> None:
+    """Waits until the stalled worker's lease ran out and the sweeper took the task back for attempt 2."""
+    assert wait_for_status(client, task, PENDING, timeout=6).attempt == 2
+
+
+def test_a_lost_lease_cancels_the_handler_its_late_value_is_not_reported_and_the_retry_runs(via_proxy):
+    _, client, p, noting = via_proxy("--retry-delay-ms", "0")
+    first_lease: list[str] = []
+    reasons: list[str | None] = []
+    started, cancelled = threading.Event(), threading.Event()
+
+    def long(job: Job):
+        if job.task.attempt > 1:
+            return f"attempt {job.task.attempt}"
+        first_lease.append(job.lease.lease_id)
+        started.set()
+        job.cancelled.wait(15)
+        reasons.append(job.cancel_reason)
+        cancelled.set()
+        return "late result of attempt 1"  # must not be reported
+
+    running = Running(Worker(noting, WORKER_ID, {"py-lease-long": long, "py-lease-quick": lambda job: "quick"}, lease_duration=1.5, claim_wait=1.0))
+    try:
+        task = dispatch(client, "py-lease-long", "long", max_retries=1)
+        assert started.wait(10)
+        p.stall()
+        requeued(client, task)
+        assert not cancelled.is_set(), "cancelled before any heartbeat got through"
+
+        p.resume()
+        assert cancelled.wait(5) and reasons == ["lease lost"]
+        done = wait_for_status(client, task, COMPLETED)
+        assert (done.attempt, done.result.string_value) == (2, "attempt 2")
+        log = events(client, task)
+        assert [e.WhichOneof("kind") for e in log] == ["queued", "running", "failed", "running", "completed"]
+        assert log[2].failed.error.code == "LEASE_EXPIRED"
+        assert wait_for_status(client, dispatch(client, "py-lease-quick", "quick"), COMPLETED).result.string_value == "quick"
+        assert not running.join(0), "run() ended"
+    finally:
+        error = running.stop()
+    assert error is None
+    # Once run() returned, every settle call has been made: none with the lost lease.
+    assert len(noting.leases) == 2 and first_lease[0] not in noting.leases
+
+
+def test_a_lost_lease_of_a_task_another_worker_finished_cancels_the_handler_quietly(via_proxy):
+    _, client, p, noting = via_proxy("--retry-delay-ms", "0")
+    started, cancelled = threading.Event(), threading.Event()
+    reasons: list[str | None] = []
+
+    def long(job: Job):
+        started.set()
+        job.cancelled.wait(15)
+        reasons.append(job.cancel_reason)
+        cancelled.set()
+        raise RuntimeError("cancelled")  # must not be reported either
+
+    a = Running(Worker(noting, "py-runner-a", {"py-elsewhere": long, "py-later": lambda job: "later"}, lease_duration=1.5, claim_wait=1.0))
+    try:
+        task = dispatch(client, "py-elsewhere", "elsewhere", max_retries=1)
+        assert started.wait(10)
+        p.stall()
+        requeued(client, task)
+        b = Running(Worker(client, "py-runner-b", {"py-elsewhere": lambda job: "done by B"}))
+        done = wait_for_status(client, task, COMPLETED)
+        assert b.stop() is None
+        assert (done.attempt, done.worker_id, done.result.string_value) == (2, "py-runner-b", "done by B")
+
+        p.resume()
+        assert cancelled.wait(5) and reasons == ["lease lost"]
+        assert wait_for_status(client, dispatch(client, "py-later", "later"), COMPLETED).result.string_value == "later"
+        assert not a.join(0), "run() ended"
+    finally:
+        error = a.stop()
+    assert error is None
+    final = get(client, task)
+    assert (final.status, final.worker_id, final.result.string_value) == (COMPLETED, "py-runner-b", "done by B")
+    assert len(noting.leases) == 1  # the later task's CompleteTask only
+
+
+def test_a_result_or_error_larger_than_one_message_fails_the_task_at_once(connect, run_worker):
+    client = connect()
+    # A channel of its own: the server's HTTP/2 session refuses other streams while it takes in megabytes.
+    big = "x" * (5 * 1024 * 1024)
+
+    def huge_error(job: Job):
+        raise RuntimeError(f"upstream said: {big}")
+
+    result = dispatch(client, "py-huge-result", "huge-result", max_retries=1)
+    error = dispatch(client, "py-huge-error", "huge-error")
+    started = time.monotonic()
+    run_worker(client, {"py-huge-result": lambda job: big, "py-huge-error": huge_error}, concurrency=1)
+
+    failed = wait_for_status(client, result, FAILED, timeout=8)
+    assert (failed.attempt, failed.error.code, failed.error.retryable) == (1, "RESOURCE_EXHAUSTED", False)
+    assert failed.error.message.startswith("CompleteTask refused: ")
+    failed = wait_for_status(client, error, FAILED, timeout=8)
+    assert (failed.error.code, failed.error.retryable) == ("RESOURCE_EXHAUSTED", True)
+    assert "; the error was: RuntimeError: upstream said: xxx" in failed.error.message and len(failed.error.message) < 1200
+    # Not left RUNNING until the 30 s lease runs out.
+    assert time.monotonic() - started < 8
+
+
+def test_a_handler_raising_system_exit_fails_its_task_and_the_worker_goes_on(connect, run_worker):
+    client = connect()
+
+    def leave(job: Job):
+        raise SystemExit(3)
+
+    task = dispatch(client, "py-exit", "exit")
+    run_worker(client, {"py-exit": leave, "py-after": lambda job: "after"}, concurrency=1)
+    failed = wait_for_status(client, task, FAILED, timeout=5)
+    assert (failed.error.message, failed.error.retryable) == ("SystemExit: 3", True)
+    assert wait_for_status(client, dispatch(client, "py-after", "after"), COMPLETED).result.string_value == "after"
+
+
+def test_a_worker_started_before_its_server_can_be_reached_works_once_it_can(start_server, proxy):
+    server = start_server()
+    p = proxy("127.0.0.1:1")  # nothing listens there: UNAVAILABLE
+    with Client(server.url) as client, Client(p.address) as proxied:
+        running = Running(Worker(proxied, WORKER_ID, {"py-reach": lambda job: "reached"}))
+        try:
+            time.sleep(1)
+            assert not running.join(0)
+            p.upstream = server.address
+            task = dispatch(client, "py-reach", "reach")
+            assert wait_for_status(client, task, COMPLETED, timeout=6).result.string_value == "reached"
+        finally:
+            assert running.stop() is None
+
+
+def test_stop_before_run_returns_at_once_and_twice_is_harmless(connect):
+    client = connect()
+    task = dispatch(client, "py-never", "never")
+    worker = Worker(client, WORKER_ID, {"py-never": lambda job: "ran"})
+    worker.stop()
+    worker.stop()
+    began = time.monotonic()
+    worker.run()
+    assert time.monotonic() - began < 1
+    assert get(client, task).status == PENDING
+    with pytest.raises(RuntimeError):
+        worker.run()
+
+
+def test_a_server_restart_on_the_same_database_keeps_the_running_task(start_server, proxy, tmp_path):
+    database = tmp_path / "restart.db"
+    first = start_server(database=database)
+    p = proxy(first.address)
+    started, restarted = threading.Event(), threading.Event()
+
+    def through(job: Job):
+        started.set()
+        # Past a heartbeat (every 2 s) on the new server; the lease outlasts a slow start.
+        if not restarted.wait(20) or job.cancelled.wait(2.5):
+            raise RuntimeError(f"cancelled: {job.cancel_reason}")
+        return "survived"
+
+    with Client(p.address) as proxied:
+        running = Running(Worker(proxied, WORKER_ID, {"py-through": through, "py-after": lambda job: "after"}, lease_duration=6.0, claim_wait=1.0))
+        try:
+            with Client(first.url) as client:
+                task = dispatch(client, "py-through", "through")
+            assert started.wait(10)
+            first.stop()
+            second = start_server(database=database)
+            p.upstream = second.address
+            restarted.set()
+            with Client(second.url) as client:
+                done = wait_for_status(client, task, COMPLETED, timeout=10)
+                assert (done.attempt, done.result.string_value) == (1, "survived")
+                assert wait_for_status(client, dispatch(client, "py-after", "after"), COMPLETED).result.string_value == "after"
+            assert not running.join(0)
+        finally:
+            assert running.stop() is None
+
+
+def test_many_quick_tasks_leave_no_thread_behind(connect):
+    client = connect()
+    for start in range(0, 300, 100):
+        requests = [task_service_pb2.DispatchTaskRequest(tool_name="py-many", tool_call_id=f"m{i}", agent_id=AGENT) for i in range(start, start + 100)]
+        client.tasks.DispatchTasks(task_service_pb2.DispatchTasksRequest(requests=requests), timeout=10)
+    running = Running(Worker(client, WORKER_ID, {"py-many": lambda job: job.task.tool_call_id}, lease_duration=1.0))
+    try:
+        deadline = time.monotonic() + 20
+        completed = task_service_pb2.ListTasksRequest(statuses=[COMPLETED], page_size=1)
+        while client.tasks.ListTasks(completed, timeout=10).total_size < 300:
+            assert time.monotonic() < deadline, "300 quick tasks not done within 20 s"
+            time.sleep(0.1)
+    finally:
+        assert running.stop() is None
+
+    def left() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("taskstream-")]
+
+    deadline = time.monotonic() + 3
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left() == []
