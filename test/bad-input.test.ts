@@ -11,6 +11,7 @@ import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { TaskStatus, type Task } from "../gen/taskstream/v1/task_pb.js";
 import { Backpressure, TaskService, TaskTimeField } from "../gen/taskstream/v1/task_service_pb.js";
 import { MAX_JSON_DEPTH } from "../src/service/validate.js";
+import { statusDetailsReason } from "./support/grpc-js-client.js";
 import { expectError, expectGrpcJsError } from "./support/expect-error.js";
 import { DIALECTS, startTestServer, type TestServer } from "./support/test-server.js";
 
@@ -63,7 +64,7 @@ function grpcFrame(payload: Buffer, compressed = false): Buffer {
 
 /** One raw gRPC call over HTTP/2 with whatever body, returning the grpc-status wherever the server put it. */
 function rawGrpc(url: string, path: string, body: Buffer, headers: Record<string, string> = {}) {
-  return new Promise<{ httpStatus: number; grpcStatus: number; grpcMessage: string }>((resolve, reject) => {
+  return new Promise<{ httpStatus: number; grpcStatus: number; grpcMessage: string; reason?: string }>((resolve, reject) => {
     const session = http2.connect(url);
     session.on("error", reject);
     const req = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers", ...headers });
@@ -76,7 +77,9 @@ function rawGrpc(url: string, path: string, body: Buffer, headers: Record<string
       session.close();
       const status = trailers["grpc-status"] ?? head["grpc-status"];
       const message = trailers["grpc-message"] ?? head["grpc-message"] ?? "";
-      resolve({ httpStatus: Number(head[":status"]), grpcStatus: Number(status), grpcMessage: decodeURIComponent(String(message)) });
+      const details = trailers["grpc-status-details-bin"] ?? head["grpc-status-details-bin"];
+      const reason = details ? statusDetailsReason(Buffer.from(String(details), "base64")) : undefined;
+      resolve({ httpStatus: Number(head[":status"]), grpcStatus: Number(status), grpcMessage: decodeURIComponent(String(message)), reason });
     });
     req.on("error", reject);
     req.setTimeout(10_000, () => req.close(http2.constants.NGHTTP2_CANCEL));
@@ -470,20 +473,30 @@ for (const dialect of DIALECTS) {
           const res = await rawGrpc(url, dispatch, grpcFrame(garbage));
           expect(res.httpStatus).toBe(200);
           expect(decodeCodes, res.grpcMessage).toContain(Code[res.grpcStatus]);
+          expect(res.reason, res.grpcMessage).toBe("MALFORMED_MESSAGE");
         }
         // A frame that announces more bytes than it has.
         const truncated = Buffer.alloc(8);
         truncated.writeUInt32BE(100, 1);
-        expect(Code[(await rawGrpc(url, dispatch, truncated)).grpcStatus]).toBe(Code[Code.InvalidArgument]);
+        const short = await rawGrpc(url, dispatch, truncated);
+        expect([Code[short.grpcStatus], short.reason]).toEqual([Code[Code.InvalidArgument], "MALFORMED_MESSAGE"]);
         // The compressed flag without a grpc-encoding: INTERNAL, as the gRPC spec says.
-        expect(Code[(await rawGrpc(url, dispatch, grpcFrame(Buffer.from("0a0178", "hex"), true))).grpcStatus]).toBe(Code[Code.Internal]);
+        const unflagged = await rawGrpc(url, dispatch, grpcFrame(Buffer.from("0a0178", "hex"), true));
+        expect([Code[unflagged.grpcStatus], unflagged.reason]).toEqual([Code[Code.Internal], "MALFORMED_MESSAGE"]);
         // An encoding the server does not speak: UNIMPLEMENTED, as the gRPC spec says.
         const zstd = await rawGrpc(url, dispatch, grpcFrame(Buffer.from("0a0178", "hex"), true), { "grpc-encoding": "zstd" });
-        expect(Code[zstd.grpcStatus]).toBe(Code[Code.Unimplemented]);
-        // Random bytes to a read-only method: whatever they decode to, an answer, never UNKNOWN.
+        expect([Code[zstd.grpcStatus], zstd.reason]).toEqual([Code[Code.Unimplemented], "UNSUPPORTED_ENCODING"]);
+        // A message over 4 MiB: RESOURCE_EXHAUSTED, MESSAGE_TOO_LARGE, once the body is read.
+        const tooBig = await rawGrpc(url, dispatch, grpcFrame(Buffer.alloc(5 * MiB)));
+        expect([Code[tooBig.grpcStatus], tooBig.reason]).toEqual([Code[Code.ResourceExhausted], "MESSAGE_TOO_LARGE"]);
+        // Past 16 MiB the server stops reading the body, refuses it the same way, and goes on serving.
+        const huge = await rawGrpc(url, dispatch, grpcFrame(Buffer.alloc(20 * MiB)));
+        expect([Code[huge.grpcStatus], huge.reason]).toEqual([Code[Code.ResourceExhausted], "MESSAGE_TOO_LARGE"]);
+        // Random bytes to a read-only method: whatever they decode to, an answer with a reason, never UNKNOWN.
         for (let i = 0; i < 20; i++) {
           const res = await rawGrpc(url, "/taskstream.v1.TaskService/GetTask", grpcFrame(randomBytes(16 + i * 8)));
           expect([Code.InvalidArgument, Code.NotFound, Code.Internal].map((c) => Code[c]), res.grpcMessage).toContain(Code[res.grpcStatus]);
+          expect(["MALFORMED_MESSAGE", "INVALID_ARGUMENT", "TASK_NOT_FOUND"], res.grpcMessage).toContain(res.reason);
         }
         const { task } = await t.tasks().getTask({ taskId: pending.taskId });
         expect(task!.status).toBe(TaskStatus.PENDING);

@@ -5,6 +5,7 @@ import { create, fromBinary, isMessage, toBinary, type DescMessage, type DescMet
 import { Code, ConnectError, createContextKey, createContextValues, type ContextValues, type HandlerContext } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import type { Handler } from "./listener.js";
+import { taskstreamError } from "../errors.js";
 
 const GRPC_PROTO = /^application\/grpc(\+proto)?$/;
 const gzipAsync = promisify(gzip);
@@ -208,7 +209,7 @@ async function serve(
     if (route.method.methodKind === "unary") {
       const message = messageBytes(route.method, await (route.impl as UnaryHandler)(request, ctx));
       if (message.length > options.maxMessageBytes) {
-        throw new ConnectError(`response message larger than ${options.maxMessageBytes} bytes`, Code.ResourceExhausted);
+        throw messageTooLarge("response", options.maxMessageBytes);
       }
       // Like connect-node: gzip what is worth it, for a client that accepts it.
       const gzip = message.length >= options.compressMinBytes && /\bgzip\b/.test(String(req.headers["grpc-accept-encoding"] ?? ""));
@@ -258,11 +259,11 @@ function readBody(req: http2.Http2ServerRequest, maxBytes: number): Promise<Buff
       if (size <= DRAIN_MAX_BYTES) return;
       done();
       req.destroy();
-      reject(new ConnectError(`request message larger than ${maxBytes} bytes`, Code.ResourceExhausted));
+      reject(messageTooLarge("request", maxBytes));
     };
     const onEnd = () => {
       done();
-      if (size > maxBytes + 5) reject(new ConnectError(`request message larger than ${maxBytes} bytes`, Code.ResourceExhausted));
+      if (size > maxBytes + 5) reject(messageTooLarge("request", maxBytes));
       else resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
     };
     const onError = (error: Error) => {
@@ -280,27 +281,39 @@ function readBody(req: http2.Http2ServerRequest, maxBytes: number): Promise<Buff
   });
 }
 
+/** RESOURCE_EXHAUSTED, reason MESSAGE_TOO_LARGE: a request or response over the message limit. */
+function messageTooLarge(what: "request" | "response", limit: number): ConnectError {
+  return taskstreamError(Code.ResourceExhausted, "MESSAGE_TOO_LARGE", `${what} message larger than ${limit} bytes`, { limit: String(limit) });
+}
+
+/** A request that is not one well-formed message (the code as the gRPC spec gives it), reason MALFORMED_MESSAGE. */
+function malformed(code: Code, message: string): ConnectError {
+  return taskstreamError(code, "MALFORMED_MESSAGE", message);
+}
+
 /** The call's one request message: a 5-byte prefix, then the message, gzipped if flagged. */
 async function readRequest(req: http2.Http2ServerRequest, method: AnyMethod, maxBytes: number) {
   const body = await readBody(req, maxBytes);
   if (body.length < 5 || body.length !== 5 + body.readUInt32BE(1)) {
-    throw new ConnectError("protocol error: expected exactly one request message", Code.InvalidArgument);
+    throw malformed(Code.InvalidArgument, "protocol error: expected exactly one request message");
   }
   let message: Uint8Array = body.subarray(5);
   if (body[0] & 1) {
     // As the gRPC spec says: a compressed message with no encoding is INTERNAL, one we do not speak UNIMPLEMENTED.
     const encoding = req.headers["grpc-encoding"] ?? "identity";
-    if (encoding === "identity") throw new ConnectError("protocol error: compressed message without grpc-encoding", Code.Internal);
-    if (encoding !== "gzip") throw new ConnectError(`unsupported grpc-encoding "${encoding}"`, Code.Unimplemented);
+    if (encoding === "identity") throw malformed(Code.Internal, "protocol error: compressed message without grpc-encoding");
+    if (encoding !== "gzip") {
+      throw taskstreamError(Code.Unimplemented, "UNSUPPORTED_ENCODING", `unsupported grpc-encoding "${encoding}"; this server speaks gzip`, { encoding: String(encoding) });
+    }
     message = await gunzipAsync(message, { maxOutputLength: maxBytes }).catch((error: NodeJS.ErrnoException) => {
-      if (error.code === "ERR_BUFFER_TOO_LARGE") throw new ConnectError(`request message larger than ${maxBytes} bytes`, Code.ResourceExhausted);
-      throw new ConnectError(`protocol error: cannot gunzip the request: ${error.message}`, Code.Internal);
+      if (error.code === "ERR_BUFFER_TOO_LARGE") throw messageTooLarge("request", maxBytes);
+      throw malformed(Code.Internal, `protocol error: cannot gunzip the request: ${error.message}`);
     });
   }
   try {
     return fromBinary(method.input, message);
   } catch (error) {
-    throw new ConnectError(`parse binary: ${(error as Error).message}`, Code.InvalidArgument);
+    throw malformed(Code.InvalidArgument, `parse binary: ${(error as Error).message}`);
   }
 }
 

@@ -48,8 +48,12 @@ export function grpcJsClient<S extends DescService>(service: S, address: string)
 /** The ErrorInfo reason a grpc-js error carries in its grpc-status-details-bin trailer. */
 export function grpcJsErrorReason(err: unknown): string | undefined {
   const details = (err as grpc.ServiceError).metadata?.get("grpc-status-details-bin")[0];
-  if (!details) return undefined;
-  const status = fromBinary(StatusSchema, details as Buffer);
+  return details ? statusDetailsReason(details as Buffer) : undefined;
+}
+
+/** The ErrorInfo reason in a grpc-status-details-bin trailer's bytes (a google.rpc.Status). */
+export function statusDetailsReason(details: Uint8Array): string | undefined {
+  const status = fromBinary(StatusSchema, details);
   const info = status.details.find((any) => any.typeUrl.endsWith("/google.rpc.ErrorInfo"));
   return info ? fromBinary(ErrorInfoSchema, info.value).reason : undefined;
 }
