@@ -556,10 +556,10 @@ describe("the TypeScript worker, probed", () => {
         // Not left RUNNING until its lease (30 s) runs out, to run again and fail the same way.
         const failed = await waitForStatus(t, result, TaskStatus.FAILED, 5000);
         expect(failed.attempt).toBe(1);
-        expect(failed.error).toMatchObject({ code: "RESOURCE_EXHAUSTED", retryable: false, message: "CompleteTask refused: request message larger than 4194304 bytes" });
+        expect(failed.error).toMatchObject({ code: "MESSAGE_TOO_LARGE", retryable: false, message: "CompleteTask refused: request message larger than 4194304 bytes" });
 
         const failedError = (await waitForStatus(t, error, TaskStatus.FAILED, 5000)).error!;
-        expect(failedError).toMatchObject({ code: "RESOURCE_EXHAUSTED", retryable: true });
+        expect(failedError).toMatchObject({ code: "MESSAGE_TOO_LARGE", retryable: true });
         expect(failedError.message).toMatch(/^FailTask refused: request message larger than 4194304 bytes; the error was: upstream said: x{900}/);
         expect(failedError.message.length).toBeLessThan(1200);
         expect(dropped).toEqual([]);

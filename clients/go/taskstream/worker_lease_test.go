@@ -221,13 +221,13 @@ func refusedAsTooLarge(wt *workerTest) {
 	deadline := time.Now().Add(5 * time.Second) // well within the 30 s lease
 	failed := wt.waitStatus(result.GetTaskId(), taskstreamv1.TaskStatus_TASK_STATUS_FAILED)
 	taskErr := failed.GetError()
-	if failed.GetAttempt() != 1 || taskErr.GetCode() != "RESOURCE_EXHAUSTED" || taskErr.GetRetryable() || taskErr.GetMessage() != "CompleteTask refused: request message larger than 4194304 bytes" {
-		t.Fatalf("huge result: attempt %d, error %v; want RESOURCE_EXHAUSTED, \"CompleteTask refused: ...\" at attempt 1", failed.GetAttempt(), taskErr)
+	if failed.GetAttempt() != 1 || taskErr.GetCode() != "MESSAGE_TOO_LARGE" || taskErr.GetRetryable() || taskErr.GetMessage() != "CompleteTask refused: request message larger than 4194304 bytes" {
+		t.Fatalf("huge result: attempt %d, error %v; want MESSAGE_TOO_LARGE, \"CompleteTask refused: ...\" at attempt 1", failed.GetAttempt(), taskErr)
 	}
 	taskErr = wt.waitStatus(failure.GetTaskId(), taskstreamv1.TaskStatus_TASK_STATUS_FAILED).GetError()
-	if taskErr.GetCode() != "RESOURCE_EXHAUSTED" || !taskErr.GetRetryable() || len(taskErr.GetMessage()) > 1200 ||
+	if taskErr.GetCode() != "MESSAGE_TOO_LARGE" || !taskErr.GetRetryable() || len(taskErr.GetMessage()) > 1200 ||
 		!strings.HasPrefix(taskErr.GetMessage(), "FailTask refused: request message larger than 4194304 bytes; the error was: upstream said: xxx") {
-		t.Fatalf("huge error: %.300v; want RESOURCE_EXHAUSTED, \"FailTask refused: ...; the error was: ...\", retryable, short", taskErr)
+		t.Fatalf("huge error: %.300v; want MESSAGE_TOO_LARGE, \"FailTask refused: ...; the error was: ...\", retryable, short", taskErr)
 	}
 	if time.Now().After(deadline) {
 		t.Fatalf("the tasks failed after more than 5 s")

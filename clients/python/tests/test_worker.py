@@ -491,10 +491,10 @@ def test_a_result_or_error_larger_than_one_message_fails_the_task_at_once(connec
     run_worker(client, {"py-huge-result": lambda job: big, "py-huge-error": huge_error}, concurrency=1)
 
     failed = wait_for_status(client, result, FAILED, timeout=8)
-    assert (failed.attempt, failed.error.code, failed.error.retryable) == (1, "RESOURCE_EXHAUSTED", False)
+    assert (failed.attempt, failed.error.code, failed.error.retryable) == (1, "MESSAGE_TOO_LARGE", False)
     assert failed.error.message.startswith("CompleteTask refused: ")
     failed = wait_for_status(client, error, FAILED, timeout=8)
-    assert (failed.error.code, failed.error.retryable) == ("RESOURCE_EXHAUSTED", True)
+    assert (failed.error.code, failed.error.retryable) == ("MESSAGE_TOO_LARGE", True)
     assert "; the error was: RuntimeError: upstream said: xxx" in failed.error.message and len(failed.error.message) < 1200
     # Not left RUNNING until the 30 s lease runs out.
     assert time.monotonic() - started < 8
