@@ -402,7 +402,10 @@ describe("StreamTasks with --max-streams", () => {
     const a = await open("grpc");
     const b = await open("connect");
     await t.server.close();
-    for (const s of [a, b]) expect(ConnectError.from((await s.done).error).code).toBe(Code.Unavailable);
+    for (const s of [a, b]) {
+      const err = ConnectError.from((await s.done).error);
+      expect([err.code, errorReason(err)]).toEqual([Code.Unavailable, "SHUTTING_DOWN"]);
+    }
     expect(t.server.deps.gauges.activeStreams).toBe(0);
     expect(refusedBefore).toBeGreaterThan(0);
   });

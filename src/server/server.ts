@@ -1,6 +1,7 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { compressionBrotli, compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Settings } from "../config.js";
+import { taskstreamError } from "../errors.js";
 import { LogSignal } from "../fanout/log-signal.js";
 import { createLogger, type Logger } from "../log.js";
 import type { ServiceDeps } from "../service/deps.js";
@@ -103,7 +104,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     (closing ??= (async () => {
       logger.info("taskstream shutting down", { graceMs: settings.shutdownGraceMs });
       health.shutdown();
-      shutdown.abort(new ConnectError("server is shutting down; reconnect", Code.Unavailable));
+      shutdown.abort(taskstreamError(Code.Unavailable, "SHUTTING_DOWN", "server is shutting down; reconnect, and resume streams from their cursor"));
       await server.close(settings.shutdownGraceMs);
       await listener?.close();
       await maintenance.stop();

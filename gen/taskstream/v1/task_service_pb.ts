@@ -750,7 +750,11 @@ export const TaskTimeFieldSchema: GenEnum<TaskTimeField> = /*@__PURE__*/
  * reasons: INVALID_ARGUMENT (metadata: field), TASK_NOT_FOUND (task_id),
  * INVALID_TRANSITION (task_id, status, action), INVALID_PAGE_TOKEN,
  * PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence), CURSOR_AHEAD
- * (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit).
+ * (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit),
+ * TASK_TOO_LARGE and RESPONSE_TOO_LARGE (field, size, limit). Any call of
+ * either service may also fail with STORAGE_UNAVAILABLE (UNAVAILABLE; code),
+ * STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and over gRPC
+ * MESSAGE_TOO_LARGE (limit), MALFORMED_MESSAGE or UNSUPPORTED_ENCODING.
  *
  * @generated from service taskstream.v1.TaskService
  */

@@ -32,7 +32,11 @@ class TaskServiceStub:
     reasons: INVALID_ARGUMENT (metadata: field), TASK_NOT_FOUND (task_id),
     INVALID_TRANSITION (task_id, status, action), INVALID_PAGE_TOKEN,
     PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence), CURSOR_AHEAD
-    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit).
+    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit),
+    TASK_TOO_LARGE and RESPONSE_TOO_LARGE (field, size, limit). Any call of
+    either service may also fail with STORAGE_UNAVAILABLE (UNAVAILABLE; code),
+    STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and over gRPC
+    MESSAGE_TOO_LARGE (limit), MALFORMED_MESSAGE or UNSUPPORTED_ENCODING.
     """
 
     def __init__(self, channel):
@@ -90,7 +94,11 @@ class TaskServiceServicer:
     reasons: INVALID_ARGUMENT (metadata: field), TASK_NOT_FOUND (task_id),
     INVALID_TRANSITION (task_id, status, action), INVALID_PAGE_TOKEN,
     PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence), CURSOR_AHEAD
-    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit).
+    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit),
+    TASK_TOO_LARGE and RESPONSE_TOO_LARGE (field, size, limit). Any call of
+    either service may also fail with STORAGE_UNAVAILABLE (UNAVAILABLE; code),
+    STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and over gRPC
+    MESSAGE_TOO_LARGE (limit), MALFORMED_MESSAGE or UNSUPPORTED_ENCODING.
     """
 
     def DispatchTask(self, request, context):
@@ -216,7 +224,11 @@ class TaskService:
     reasons: INVALID_ARGUMENT (metadata: field), TASK_NOT_FOUND (task_id),
     INVALID_TRANSITION (task_id, status, action), INVALID_PAGE_TOKEN,
     PAGE_TOKEN_MISMATCH, CURSOR_EXPIRED (oldest_sequence), CURSOR_AHEAD
-    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit).
+    (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit),
+    TASK_TOO_LARGE and RESPONSE_TOO_LARGE (field, size, limit). Any call of
+    either service may also fail with STORAGE_UNAVAILABLE (UNAVAILABLE; code),
+    STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and over gRPC
+    MESSAGE_TOO_LARGE (limit), MALFORMED_MESSAGE or UNSUPPORTED_ENCODING.
     """
 
     @staticmethod
