@@ -24,11 +24,13 @@ const CALL_ENDED = new ConnectError("the call ended", Code.Canceled);
 const GZIP_ON_LOOP_MAX_BYTES = 64 * 1024;
 /**
  * How much of a request over the size limit is read and dropped before the
- * stream is reset. A Node client (grpc-js) whose stream is reset while it
- * still sends keeps counting the unsent bytes against its connection's
- * memory, for good: after one 5 MiB request refused that way, its next few
- * large calls on the connection failed RESOURCE_EXHAUSTED ("Bandwidth
- * exhausted"). Read to its end, the refusal costs the client nothing.
+ * server stops reading it. A client answered while it still sends keeps its
+ * unsent bytes queued on a stream that never ends, and a Node client
+ * (grpc-js) counts them against its connection's memory for good: after one
+ * 5 MiB request refused that way, its next few large calls on the
+ * connection failed RESOURCE_EXHAUSTED ("Bandwidth exhausted"). Read to its
+ * end, the refusal costs the client nothing. Past this bound the client
+ * gets the same answer, and its stream stays open until it cancels it.
  */
 const DRAIN_MAX_BYTES = 16 * 1024 * 1024;
 
@@ -240,7 +242,7 @@ async function serve(
 /**
  * The request's body, read with listeners: an async iterator over the request
  * (for await) cost ~40 us of each call. A body over the size limit is
- * dropped as it arrives and refused at its end, or reset past DRAIN_MAX_BYTES.
+ * dropped as it arrives and refused at its end, or once past DRAIN_MAX_BYTES.
  */
 function readBody(req: http2.Http2ServerRequest, maxBytes: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
