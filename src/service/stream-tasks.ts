@@ -7,7 +7,7 @@ import { msFromDuration, timestampFromMs } from "../domain/time.js";
 import { invalidArgument, taskstreamError } from "../errors.js";
 import type { EventTail } from "../fanout/event-tail.js";
 import { frame, grpcFrameOutput, type GrpcFrameOutput } from "../server/grpc-fast-path.js";
-import { filterColumns, logBounds, readEventSizes, readPayloads, runningSnapshotSizes, type EventFilter, type EventSize, type LogEntry } from "../storage/event-log.js";
+import { logBounds, readEventSizes, readPayloads, readStoredEvents, runningSnapshotSizes, type EventFilter, type EventSize, type LogEntry } from "../storage/event-log.js";
 import type { ServiceDeps } from "./deps.js";
 import { rawBytes, speaksJson, withEncodedField } from "./encoded-response.js";
 import { taskFilter } from "./validate.js";
@@ -259,16 +259,7 @@ async function readFromLog(deps: ServiceDeps, position: number, filter: EventFil
   const sizes = await readEventSizes(deps.db, { after: position, through, filter, limit: STEP });
   const end = sizes.length === 0 ? 0 : pageEnd(sizes, 0);
   const last = end === sizes.length && sizes.length < STEP ? through : sizes[end - 1].sequence;
-  let events: StoredEvent[] = [];
-  if (end > 0) {
-    let select = deps.db.kysely
-      .selectFrom("events")
-      .select(["sequence", "payload"])
-      .where("sequence", ">", position)
-      .where("sequence", "<=", sizes[end - 1].sequence);
-    for (const [column, value] of filterColumns(filter)) select = select.where(column, "=", value);
-    events = await select.orderBy("sequence").execute();
-  }
+  const events = end === 0 ? [] : await readStoredEvents(deps.db.kysely, { after: position, through: sizes[end - 1].sequence, filter });
   await checkCursor(deps, BigInt(position));
   return { events, through: last };
 }
@@ -404,9 +395,9 @@ function varintSize(n: number): number {
  * connect-node, which writes them one by one.
  */
 class ResponseQueue implements Sink {
-  private readonly items: StreamTasksResponse[] = [];
-  /** The stored bytes of each queued event (0 for other messages), and their sum. */
-  private readonly sizes: number[] = [];
+  /** Each queued response with the stored bytes of its event (0 for other messages). */
+  private readonly items: { response: StreamTasksResponse; size: number }[] = [];
+  /** The sum of the queued sizes. */
   private bytes = 0;
   private wakeReader?: () => void;
   private wakeWriter?: () => void;
@@ -431,8 +422,7 @@ class ResponseQueue implements Sink {
   }
 
   private push(response: StreamTasksResponse, size: number): void {
-    this.items.push(response);
-    this.sizes.push(size);
+    this.items.push({ response, size });
     this.bytes += size;
   }
 
@@ -457,9 +447,9 @@ class ResponseQueue implements Sink {
   /** The next response, if one is queued. */
   take(): StreamTasksResponse | undefined {
     const item = this.items.shift();
-    this.bytes -= this.sizes.shift() ?? 0;
+    this.bytes -= item?.size ?? 0;
     if (!this.full) this.wakeWriter?.();
-    return item;
+    return item?.response;
   }
 
   /** Resolves at the next write, or once the stream's work ended. */

@@ -129,19 +129,30 @@ export function matchesFilter(event: EventIdentity, filter: EventFilter): boolea
   );
 }
 
-/** Reads log entries in (after, through], oldest first, optionally filtered in SQL; nothing is decoded. */
-export async function readLogEntries(
-  db: Kysely<Database>,
-  query: { after: number; through?: number; filter?: EventFilter; limit: number },
-): Promise<LogEntry[]> {
-  let select = db
-    .selectFrom("events")
-    .select(ENTRY_COLUMNS)
-    .where("sequence", ">", query.after);
-  if (query.through !== undefined) select = select.where("sequence", "<=", query.through);
-  for (const [column, value] of filterColumns(query.filter)) select = select.where(column, "=", value);
-  const rows = await select.orderBy("sequence").limit(query.limit).execute();
+/** A range of the log to read: the events in (after, through] that match the filter. */
+export interface LogRange {
+  after: number;
+  through?: number;
+  filter?: EventFilter;
+}
+
+/** The events of a range, oldest first, filtered in SQL: a query to choose columns and a limit for. */
+function eventsIn(db: Kysely<Database>, range: LogRange) {
+  let select = db.selectFrom("events").where("sequence", ">", range.after);
+  if (range.through !== undefined) select = select.where("sequence", "<=", range.through);
+  for (const [column, value] of filterColumns(range.filter)) select = select.where(column, "=", value);
+  return select.orderBy("sequence");
+}
+
+/** Reads log entries of a range, oldest first, up to `limit`; nothing is decoded. */
+export async function readLogEntries(db: Kysely<Database>, query: LogRange & { limit: number }): Promise<LogEntry[]> {
+  const rows = await eventsIn(db, query).select(ENTRY_COLUMNS).limit(query.limit).execute();
   return rows.map(logEntry);
+}
+
+/** The sequences and stored bytes of a range's events, oldest first: what a stream sends of them. */
+export async function readStoredEvents(db: Kysely<Database>, range: LogRange): Promise<Pick<LogEntry, "sequence" | "payload">[]> {
+  return eventsIn(db, range).select(["sequence", "payload"]).execute();
 }
 
 /** A log entry from an events row's identity columns and payload. */
@@ -159,11 +170,8 @@ export function logEntry(row: Pick<EventRow, (typeof ENTRY_COLUMNS)[number]>): L
   };
 }
 
-/** Reads events in (after, through], decoded, oldest first. */
-export async function readEvents(
-  db: Kysely<Database>,
-  query: { after: number; through?: number; filter?: EventFilter; limit: number },
-): Promise<TaskEvent[]> {
+/** Reads events of a range, decoded, oldest first. */
+export async function readEvents(db: Kysely<Database>, query: LogRange & { limit: number }): Promise<TaskEvent[]> {
   return (await readLogEntries(db, query)).map((entry) => fromBinary(TaskEventSchema, entry.payload));
 }
 
@@ -177,15 +185,9 @@ export interface EventSize {
 const payloadSize = (dialect: DialectName, column = "payload") =>
   dialect === "postgres" ? sql<number>`octet_length(${sql.ref(column)})` : sql<number>`length(${sql.ref(column)})`;
 
-/** The sequences and payload sizes of the events in (after, through] that match, oldest first, up to `limit`. */
-export async function readEventSizes(db: Db, query: { after: number; through: number; filter: EventFilter; limit: number }): Promise<EventSize[]> {
-  let select = db.kysely
-    .selectFrom("events")
-    .select(["sequence", payloadSize(db.dialect).as("size")])
-    .where("sequence", ">", query.after)
-    .where("sequence", "<=", query.through);
-  for (const [column, value] of filterColumns(query.filter)) select = select.where(column, "=", value);
-  const rows = await select.orderBy("sequence").limit(query.limit).execute();
+/** The sequences and payload sizes of a range's events, oldest first, up to `limit`. */
+export async function readEventSizes(db: Db, query: LogRange & { limit: number }): Promise<EventSize[]> {
+  const rows = await eventsIn(db.kysely, query).select(["sequence", payloadSize(db.dialect).as("size")]).limit(query.limit).execute();
   return rows.map((row) => ({ sequence: Number(row.sequence), size: Number(row.size) }));
 }
 

@@ -224,66 +224,73 @@ export class TaskStore {
    * hands what it took back (see release).
    */
   async claim(request: ClaimBy & { toolNames: string[]; maxTasks: number }, signal?: AbortSignal): Promise<LeasedTask[]> {
-    let taken: TaskRow[] = [];
-    const claimed = await this.transaction(async (tx) => {
-      const slots = await this.slotCounts(tx, false);
-      if (slots?.full) return [];
-      // With limits, look past tasks of agents without a free slot: those
-      // full already are left out by the query (looking past them by hand, a
-      // few hundred of one agent's tasks at the head of the queue hid every
-      // other agent's); those that fill up as this claim takes slots, by
-      // looking again without them.
-      const limit = slots ? request.maxTasks * 4 + 100 : request.maxTasks;
-      const full = new Set(slots?.fullAgents());
-      const chosen: TaskRow[] = [];
-      for (let look = 0; look < 4 && chosen.length < request.maxTasks; look++) {
-        let candidates = tx.trx
-          .selectFrom("tasks")
-          .selectAll()
-          .where("status", "=", TaskStatus.PENDING)
-          .where("ready_time", "<=", tx.now)
-          .orderBy("create_time")
-          .orderBy("task_id")
-          .limit(limit);
-        if (request.toolNames.length > 0) candidates = candidates.where("tool_name", "in", request.toolNames);
-        if (full.size > 0) candidates = candidates.where(notAmong("agent_id", [...full], this.db.dialect));
-        if (chosen.length > 0) candidates = candidates.where("task_id", "not in", chosen.map((task) => task.task_id));
-        // Concurrent claimers on PostgreSQL skip each other's rows instead of waiting.
-        if (this.db.dialect === "postgres") candidates = candidates.forUpdate().skipLocked();
-        const pending = await candidates.execute();
-        let filledUp = false;
-        for (const task of pending) {
-          if (chosen.length === request.maxTasks || slots?.full) break;
-          if (slots && !slots.hasSlot(task.agent_id)) {
-            if (!full.has(task.agent_id)) {
-              full.add(task.agent_id);
-              filledUp = true;
-            }
-            continue;
-          }
-          slots?.take(task.agent_id);
-          chosen.push(task);
-        }
-        if (!slots || slots.full || pending.length < limit || !filledUp) break;
-      }
-      // Claim no more than one response can carry: a lease the worker never
-      // receives would strand its task until the lease expires.
-      chosen.splice(fitTasks(chosen).length);
-      if (chosen.length === 0 || signal?.aborted) return [];
+    const claim = await this.transaction(async (tx) => {
+      const chosen = await this.claimable(tx, request);
+      if (chosen.length === 0 || signal?.aborted) return undefined;
       const running = await applyAll(tx, chosen.map((task) => ({ task, steps: [startRunning(task, request, tx.now)] })));
       // The caller left while the claim ran: roll it back (one unit of a group commit alone).
       if (signal?.aborted) throw CLAIM_ABANDONED;
-      taken = chosen;
-      return running.map((task) => ({ task, lease: leaseOf(task) }));
+      return { before: chosen, running };
     }).catch((error: unknown) => {
-      if (error === CLAIM_ABANDONED) return [];
+      if (error === CLAIM_ABANDONED) return undefined;
       throw error;
     });
-    if (claimed.length > 0 && signal?.aborted) {
-      await this.release(claimed.map(({ lease }, i) => ({ before: taken[i], leaseId: lease.leaseId })));
-      return [];
+    if (!claim) return [];
+    const leased = claim.running.map((task) => ({ task, lease: leaseOf(task) }));
+    if (!signal?.aborted) return leased;
+    await this.release(leased.map(({ lease }, i) => ({ before: claim.before[i], leaseId: lease.leaseId })));
+    return [];
+  }
+
+  /**
+   * The pending tasks a claim takes, oldest first, within the concurrency
+   * limits and what one response can carry (a lease the worker never
+   * receives would strand its task until the lease expires). With limits,
+   * it looks past agents without a free slot: those full already are left
+   * out by the query (looking past them by hand, a few hundred of one
+   * agent's tasks at the head of the queue hid every other agent's); those
+   * that fill up as this claim takes slots, by looking again without them.
+   */
+  private async claimable(tx: Tx, request: { toolNames: string[]; maxTasks: number }): Promise<TaskRow[]> {
+    const slots = await this.slotCounts(tx, false);
+    if (slots?.full) return [];
+    const limit = slots ? request.maxTasks * 4 + 100 : request.maxTasks;
+    const full = new Set(slots?.fullAgents());
+    const chosen: TaskRow[] = [];
+    for (let look = 0; look < 4 && chosen.length < request.maxTasks; look++) {
+      const pending = await this.pendingTasks(tx, request.toolNames, { limit, skipAgents: full, skipTasks: chosen });
+      let filledUp = false;
+      for (const task of pending) {
+        if (chosen.length === request.maxTasks || slots?.full) break;
+        if (slots && !slots.hasSlot(task.agent_id)) {
+          filledUp ||= !full.has(task.agent_id);
+          full.add(task.agent_id);
+          continue;
+        }
+        slots?.take(task.agent_id);
+        chosen.push(task);
+      }
+      if (!slots || slots.full || pending.length < limit || !filledUp) break;
     }
-    return claimed;
+    return chosen.slice(0, fitTasks(chosen).length);
+  }
+
+  /** Claimable pending tasks of the tools (any when none), oldest first, but those of the agents and the tasks to skip. */
+  private pendingTasks(tx: Tx, toolNames: string[], query: { limit: number; skipAgents: Set<string>; skipTasks: TaskRow[] }): Promise<TaskRow[]> {
+    let candidates = tx.trx
+      .selectFrom("tasks")
+      .selectAll()
+      .where("status", "=", TaskStatus.PENDING)
+      .where("ready_time", "<=", tx.now)
+      .orderBy("create_time")
+      .orderBy("task_id")
+      .limit(query.limit);
+    if (toolNames.length > 0) candidates = candidates.where("tool_name", "in", toolNames);
+    if (query.skipAgents.size > 0) candidates = candidates.where(notAmong("agent_id", [...query.skipAgents], this.db.dialect));
+    if (query.skipTasks.length > 0) candidates = candidates.where("task_id", "not in", query.skipTasks.map((task) => task.task_id));
+    // Concurrent claimers on PostgreSQL skip each other's rows instead of waiting.
+    if (this.db.dialect === "postgres") candidates = candidates.forUpdate().skipLocked();
+    return candidates.execute();
   }
 
   /**
