@@ -25,6 +25,7 @@ export type ErrorReason =
   | "MESSAGE_TOO_LARGE"
   | "MALFORMED_MESSAGE"
   | "UNSUPPORTED_ENCODING"
+  | "INVALID_HEADER"
   | "TASK_TOO_LARGE"
   | "RESPONSE_TOO_LARGE"
   | "SHUTTING_DOWN"
@@ -37,8 +38,12 @@ export function taskstreamError(
   message: string,
   metadata: Record<string, string> = {},
 ): ConnectError {
-  const info = create(ErrorInfoSchema, { reason, domain: ERROR_DOMAIN, metadata });
-  return new ConnectError(message, code, undefined, [{ desc: ErrorInfoSchema, value: info }]);
+  return new ConnectError(message, code, undefined, [errorInfo(reason, metadata)]);
+}
+
+/** The ErrorInfo detail of a taskstream error. */
+export function errorInfo(reason: ErrorReason, metadata: Record<string, string> = {}) {
+  return { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason, domain: ERROR_DOMAIN, metadata }) };
 }
 
 export function invalidArgument(field: string, message: string): ConnectError {

@@ -2,9 +2,9 @@ import { randomBytes } from "node:crypto";
 import http from "node:http";
 import http2 from "node:http2";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
-import { fromJson, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
+import { fromBinary, fromJson, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
@@ -60,6 +60,30 @@ function grpcFrame(payload: Buffer, compressed = false): Buffer {
   frame.writeUInt32BE(payload.length, 1);
   payload.copy(frame, 5);
   return frame;
+}
+
+/** An enveloped message (Connect streaming, gRPC-Web): flags, length, data. */
+function envelope(flags: number, data: Buffer): Buffer {
+  const frame = grpcFrame(data);
+  frame[0] = flags;
+  return frame;
+}
+
+/** The envelopes of a Connect streaming or gRPC-Web response body. */
+function frames(body: Buffer): { flags: number; data: Buffer }[] {
+  const found: { flags: number; data: Buffer }[] = [];
+  for (let at = 0; at + 5 <= body.length; ) {
+    const length = body.readUInt32BE(at + 1);
+    found.push({ flags: body[at], data: body.subarray(at + 5, at + 5 + length) });
+    at += 5 + length;
+  }
+  return found;
+}
+
+/** The ErrorInfo reason of a Connect JSON error, decoded from its detail's bytes. */
+function connectReason(error: { details?: unknown[] } | undefined): string | undefined {
+  const info = error?.details?.find((d) => (d as { type?: string }).type === "google.rpc.ErrorInfo") as { value: string } | undefined;
+  return info && fromBinary(ErrorInfoSchema, Buffer.from(info.value, "base64")).reason;
 }
 
 /** One raw gRPC call over HTTP/2 with whatever body, returning the grpc-status wherever the server put it. */
@@ -460,9 +484,8 @@ for (const dialect of DIALECTS) {
     });
 
     describe("undecodable messages", () => {
-      // KNOWN: connect-es answers a binary message it cannot parse with INTERNAL
-      // ("parse binary: ..."), where INVALID_ARGUMENT would be better; JSON it cannot
-      // parse is INVALID_ARGUMENT. Either way the server must answer and stay up.
+      // Binary that does not decode is INVALID_ARGUMENT on every protocol; only a
+      // compressed gRPC frame without an encoding is INTERNAL, as the gRPC spec says.
       const decodeCodes = [Code.InvalidArgument, Code.Internal].map((c) => Code[c]);
 
       it("garbage gRPC frames get INVALID_ARGUMENT or INTERNAL, and the server stays up", async () => {
@@ -502,11 +525,57 @@ for (const dialect of DIALECTS) {
         expect(task!.status).toBe(TaskStatus.PENDING);
       });
 
-      it("garbage Connect binary gets invalid_argument or internal, not a crash", async () => {
+      it("garbage Connect binary gets invalid_argument with a reason, not a crash", async () => {
         const res = await post(t.server.url, "/taskstream.v1.TaskService/DispatchTask", Buffer.from("ffffffffff0f0799", "hex"), "application/proto");
-        expect([400, 500]).toContain(res.status);
-        expect(["invalid_argument", "internal"]).toContain(res.json?.code);
+        expect([res.status, res.json?.code, connectReason(res.json)]).toEqual([400, "invalid_argument", "MALFORMED_MESSAGE"]);
         expect((await t.tasks("connect").getTask({ taskId: pending.taskId })).task!.taskId).toBe(pending.taskId);
+      });
+
+      // These faults are found by connect-node before any handler runs; the server gives them
+      // the reason the gRPC fast path gives the same fault.
+      it("Connect faults found before the handler carry a reason: bad JSON, bad encoding, bad timeout, in unary and streaming calls", async () => {
+        const url = t.server.url;
+        const get = "/taskstream.v1.TaskService/GetTask";
+        const notJson = await post(url, get, "{bad");
+        expect([notJson.status, notJson.json?.code, connectReason(notJson.json)]).toEqual([400, "invalid_argument", "MALFORMED_MESSAGE"]);
+        const headers = (extra: Record<string, string>) => ({ "content-type": "application/json", ...extra });
+        const zstd = await fetch(`${url}${get}`, { method: "POST", headers: headers({ "content-encoding": "zstd" }), body: "{}" });
+        const zstdJson = await zstd.json();
+        expect([zstd.status, zstdJson.code, connectReason(zstdJson)]).toEqual([501, "unimplemented", "UNSUPPORTED_ENCODING"]);
+        const notGzip = await fetch(`${url}${get}`, { method: "POST", headers: headers({ "content-encoding": "gzip" }), body: "{}" });
+        const notGzipJson = await notGzip.json();
+        expect([notGzip.status, notGzipJson.code, connectReason(notGzipJson)]).toEqual([400, "invalid_argument", "MALFORMED_MESSAGE"]);
+        const timeout = await fetch(`${url}${get}`, { method: "POST", headers: headers({ "connect-timeout-ms": "soon" }), body: "{}" });
+        const timeoutJson = await timeout.json();
+        expect([timeout.status, connectReason(timeoutJson)]).toEqual([400, "INVALID_HEADER"]);
+        expect(JSON.stringify(timeoutJson.details)).toContain("connect-timeout-ms");
+        // A Connect server stream ends with the error in its end message.
+        const stream = await fetch(`${url}/taskstream.v1.TaskService/StreamTasks`, {
+          method: "POST",
+          headers: { "content-type": "application/connect+json" },
+          body: new Uint8Array(envelope(0, Buffer.from("{bad"))),
+        });
+        const end = frames(Buffer.from(await stream.arrayBuffer())).find((f) => f.flags & 2);
+        const endError = JSON.parse(end!.data.toString()).error;
+        expect([endError.code, connectReason(endError)]).toEqual(["invalid_argument", "MALFORMED_MESSAGE"]);
+      });
+
+      it("gRPC-Web and connect-node's own gRPC services answer undecodable binary INVALID_ARGUMENT with a reason", async () => {
+        const res = await fetch(`${t.server.url}/taskstream.v1.TaskService/GetTask`, {
+          method: "POST",
+          headers: { "content-type": "application/grpc-web+proto" },
+          body: new Uint8Array(envelope(0, Buffer.from("ffffffffff0f0799", "hex"))),
+        });
+        const trailer = frames(Buffer.from(await res.arrayBuffer())).find((f) => f.flags & 0x80)!.data.toString();
+        const field = (name: string) => trailer.match(new RegExp(`^${name}:\\s*(.*?)\\s*$`, "m"))?.[1];
+        expect(Code[Number(field("grpc-status"))]).toBe(Code[Code.InvalidArgument]);
+        expect(statusDetailsReason(Buffer.from(field("grpc-status-details-bin")!, "base64"))).toBe("MALFORMED_MESSAGE");
+        // Health is served by connect-node's gRPC, not the fast path.
+        const health = await rawGrpc(t.server.url, "/grpc.health.v1.Health/Check", grpcFrame(Buffer.from("ffffffffff0f0799", "hex")));
+        expect([Code[health.grpcStatus], health.reason]).toEqual([Code[Code.InvalidArgument], "MALFORMED_MESSAGE"]);
+        // And the fast path names a grpc-timeout it cannot read.
+        const timeout = await rawGrpc(t.server.url, "/taskstream.v1.TaskService/GetTask", grpcFrame(Buffer.alloc(0)), { "grpc-timeout": "soon" });
+        expect([Code[timeout.grpcStatus], timeout.reason]).toEqual([Code[Code.InvalidArgument], "INVALID_HEADER"]);
       });
     });
 
@@ -514,8 +583,17 @@ for (const dialect of DIALECTS) {
       const big = (bytes: number) => ({ blob: "a".repeat(bytes) });
 
       it("refuses args over 4 MiB with RESOURCE_EXHAUSTED from every client, and keeps serving", async () => {
-        await expectError(t.tasks().dispatchTask({ toolName: tool, args: big(4 * MiB + 1) }), Code.ResourceExhausted);
-        await expectGrpcJsError(t.grpcJs.tasks.dispatchTask({ toolName: tool, args: big(5 * MiB) }), Code.ResourceExhausted);
+        await expectError(t.tasks().dispatchTask({ toolName: tool, args: big(4 * MiB + 1) }), Code.ResourceExhausted, "MESSAGE_TOO_LARGE");
+        await expectGrpcJsError(t.grpcJs.tasks.dispatchTask({ toolName: tool, args: big(5 * MiB) }), Code.ResourceExhausted, "MESSAGE_TOO_LARGE");
+        // Connect (binary and JSON) and gRPC-Web over HTTP/2, refused by connect-node before any handler.
+        const baseUrl = t.server.url;
+        for (const transport of [
+          createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true }),
+          createConnectTransport({ baseUrl, httpVersion: "2" }),
+          createGrpcWebTransport({ baseUrl, httpVersion: "2" }),
+        ]) {
+          await expectError(createClient(TaskService, transport).dispatchTask({ toolName: tool, args: big(5 * MiB) }), Code.ResourceExhausted, "MESSAGE_TOO_LARGE");
+        }
         // Over HTTP/1.1 without keep-alive: connect-node's HTTP/1.1 client abandons the rest of
         // the request body once the early 429 arrives but pools the socket anyway, so the next
         // request on it fails ECONNRESET (a client quirk: raw http.request and fetch, chunked
@@ -523,10 +601,10 @@ for (const dialect of DIALECTS) {
         const agent = new http.Agent({ keepAlive: false });
         const h1 = (useBinaryFormat: boolean) =>
           createClient(TaskService, createConnectTransport({ baseUrl: t.server.url, httpVersion: "1.1", useBinaryFormat, nodeOptions: { agent } }));
-        await expectError(h1(false).dispatchTask({ toolName: tool, args: big(5 * MiB) }), Code.ResourceExhausted);
-        await expectError(h1(true).dispatchTask({ toolName: tool, args: big(5 * MiB) }), Code.ResourceExhausted);
+        await expectError(h1(false).dispatchTask({ toolName: tool, args: big(5 * MiB) }), Code.ResourceExhausted, "MESSAGE_TOO_LARGE");
+        await expectError(h1(true).dispatchTask({ toolName: tool, args: big(5 * MiB) }), Code.ResourceExhausted, "MESSAGE_TOO_LARGE");
         const raw = await post(t.server.url, "/taskstream.v1.TaskService/DispatchTask", JSON.stringify({ toolName: tool, args: big(5 * MiB) }));
-        expect([raw.status, raw.json?.code]).toEqual([429, "resource_exhausted"]);
+        expect([raw.status, raw.json?.code, connectReason(raw.json)]).toEqual([429, "resource_exhausted", "MESSAGE_TOO_LARGE"]);
         expect((await t.tasks("connect-json").getTask({ taskId: pending.taskId })).task!.taskId).toBe(pending.taskId);
         expect((await t.tasks().getTask({ taskId: pending.taskId })).task!.taskId).toBe(pending.taskId);
         expect((await t.grpcJs.tasks.getTask({ taskId: pending.taskId })).task!.taskId).toBe(pending.taskId);

@@ -6,6 +6,7 @@ import { Code, ConnectError, createContextKey, createContextValues, type Context
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import type { Handler } from "./listener.js";
 import { taskstreamError } from "../errors.js";
+import { withProtocolReason } from "./protocol-errors.js";
 
 const GRPC_PROTO = /^application\/grpc(\+proto)?$/;
 const gzipAsync = promisify(gzip);
@@ -206,7 +207,7 @@ async function serve(
   const headers = { "content-type": contentType, "grpc-accept-encoding": "gzip" };
   let failure: ConnectError | undefined;
   try {
-    if (timeout.error) throw timeout.error;
+    if (timeout.error) throw withProtocolReason(timeout.error) ?? timeout.error;
     const request = await readRequest(req, route.method, options.maxMessageBytes);
     if (route.method.methodKind === "unary") {
       const message = messageBytes(route.method, await (route.impl as UnaryHandler)(request, ctx));

@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { compressionBrotli, compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
+import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import type { Settings } from "../config.js";
 import { taskstreamError } from "../errors.js";
 import { LogSignal } from "../fanout/log-signal.js";
@@ -19,6 +19,7 @@ import { listen } from "./listener.js";
 import { fallbackHandler, RuntimeMetrics } from "./metrics.js";
 import { storageErrorConverter, storageErrors } from "./storage-errors.js";
 import { withGrpcFastPath } from "./grpc-fast-path.js";
+import { connectAdapter } from "./connect-adapter.js";
 import { withCors } from "./cors.js";
 import { taskService } from "../service/task-service.js";
 import { workerService } from "../service/worker-service.js";
@@ -74,7 +75,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
   const shutdown = new AbortController();
   // 0 turns compression off: no response is that large.
   const compressMinBytes = settings.compressMinBytes || Number.POSITIVE_INFINITY;
-  const connectHandler = connectNodeAdapter({
+  const connectHandler = connectAdapter({
     routes: routes(deps, health),
     readMaxBytes: MAX_MESSAGE_BYTES,
     writeMaxBytes: MAX_MESSAGE_BYTES,
@@ -83,7 +84,7 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     shutdownSignal: shutdown.signal,
     fallback: fallbackHandler(deps, runtime),
     interceptors: [storageErrors(logger)],
-  });
+  }, logger);
   const rpcHandler = withGrpcFastPath(
     connectHandler,
     [

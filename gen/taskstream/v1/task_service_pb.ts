@@ -753,8 +753,9 @@ export const TaskTimeFieldSchema: GenEnum<TaskTimeField> = /*@__PURE__*/
  * (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit),
  * TASK_TOO_LARGE and RESPONSE_TOO_LARGE (field, size, limit). Any call of
  * either service may also fail with STORAGE_UNAVAILABLE (UNAVAILABLE; code),
- * STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and over gRPC
- * MESSAGE_TOO_LARGE (limit), MALFORMED_MESSAGE or UNSUPPORTED_ENCODING.
+ * STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and, on every protocol,
+ * MESSAGE_TOO_LARGE, MALFORMED_MESSAGE, UNSUPPORTED_ENCODING or INVALID_HEADER
+ * (header) for a request the server cannot read.
  *
  * @generated from service taskstream.v1.TaskService
  */

@@ -35,8 +35,9 @@ class TaskServiceStub:
     (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit),
     TASK_TOO_LARGE and RESPONSE_TOO_LARGE (field, size, limit). Any call of
     either service may also fail with STORAGE_UNAVAILABLE (UNAVAILABLE; code),
-    STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and over gRPC
-    MESSAGE_TOO_LARGE (limit), MALFORMED_MESSAGE or UNSUPPORTED_ENCODING.
+    STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and, on every protocol,
+    MESSAGE_TOO_LARGE, MALFORMED_MESSAGE, UNSUPPORTED_ENCODING or INVALID_HEADER
+    (header) for a request the server cannot read.
     """
 
     def __init__(self, channel):
@@ -97,8 +98,9 @@ class TaskServiceServicer:
     (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit),
     TASK_TOO_LARGE and RESPONSE_TOO_LARGE (field, size, limit). Any call of
     either service may also fail with STORAGE_UNAVAILABLE (UNAVAILABLE; code),
-    STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and over gRPC
-    MESSAGE_TOO_LARGE (limit), MALFORMED_MESSAGE or UNSUPPORTED_ENCODING.
+    STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and, on every protocol,
+    MESSAGE_TOO_LARGE, MALFORMED_MESSAGE, UNSUPPORTED_ENCODING or INVALID_HEADER
+    (header) for a request the server cannot read.
     """
 
     def DispatchTask(self, request, context):
@@ -227,8 +229,9 @@ class TaskService:
     (last_sequence), CONCURRENCY_LIMIT (agent_id, limit), STREAM_LIMIT (limit),
     TASK_TOO_LARGE and RESPONSE_TOO_LARGE (field, size, limit). Any call of
     either service may also fail with STORAGE_UNAVAILABLE (UNAVAILABLE; code),
-    STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and over gRPC
-    MESSAGE_TOO_LARGE (limit), MALFORMED_MESSAGE or UNSUPPORTED_ENCODING.
+    STORAGE_CONFLICT (ABORTED; code), SHUTTING_DOWN, and, on every protocol,
+    MESSAGE_TOO_LARGE, MALFORMED_MESSAGE, UNSUPPORTED_ENCODING or INVALID_HEADER
+    (header) for a request the server cannot read.
     """
 
     @staticmethod
