@@ -31,6 +31,7 @@ import { explainCalls } from "./explain.js";
 import { GoListReader, type GoStats } from "./go-client.js";
 import { buildGoCommand } from "../support/go-command.js";
 import { measure, type MeasureOptions, type Stats } from "./stats.js";
+import { startReplayServer } from "./replay-server.js";
 
 export interface MeasureRequest {
   location: string;
@@ -76,6 +77,8 @@ export interface Breakdown {
   call?: Stats;
   bare?: Stats;
   go?: GoStats;
+  /** The clients against a replay server that does no work: their own floor. */
+  floor: { node: Stats; go?: GoStats };
 }
 
 export interface MeasureResult {
@@ -336,9 +339,9 @@ async function measureServer(
   );
 
   const breakdowns: Breakdown[] = [];
-  if (deep) breakdowns.push(await breakdown(deep.name, deep.rows, cases.find((c) => c.name === deep!.name)!, true, options));
+  if (deep) breakdowns.push(await breakdown(deep.name, deep.rows, cases.find((c) => c.name === deep!.name)!, true, options, goReader));
   const one = await getTask(db.kysely, id(0));
-  breakdowns.push(await breakdown("GetTask", [one!], cases[cases.length - 1], false, options));
+  breakdowns.push(await breakdown("GetTask", [one!], cases[cases.length - 1], false, options, goReader));
 
   const version =
     db.dialect === "sqlite"
@@ -377,7 +380,14 @@ const gunzipAsync = promisify(gunzip);
  * on the event loop up to 64 KiB), and the client's gunzip (async, on the
  * thread pool, as connect-node does it) and decoding.
  */
-async function breakdown(name: string, rows: TaskRow[], c: CaseResult, list: boolean, options: MeasureOptions): Promise<Breakdown> {
+async function breakdown(
+  name: string,
+  rows: TaskRow[],
+  c: CaseResult,
+  list: boolean,
+  options: MeasureOptions,
+  goReader: GoListReader | undefined,
+): Promise<Breakdown> {
   const encode = () =>
     list
       ? toBinary(
@@ -397,7 +407,27 @@ async function breakdown(name: string, rows: TaskRow[], c: CaseResult, list: boo
     steps.push({ step: "client: gunzip (thread pool)", stats: await measure(() => gunzipAsync(gzipped), options) });
   }
   steps.push({ step: "client: fromBinary", stats: await measure(async () => fromBinary(schema, bytes), options) });
-  return { name, tasks: rows.length, bytes: bytes.length, gzippedBytes: bytes.length >= 1024 ? gzipped.length : bytes.length, steps, call: c.rpc, bare: c.bare, go: c.go };
+  const floor = await clientFloor(bytes, list, options, goReader);
+  return { name, tasks: rows.length, bytes: bytes.length, gzippedBytes: bytes.length >= 1024 ? gzipped.length : bytes.length, steps, call: c.rpc, bare: c.bare, go: c.go, floor };
+}
+
+/**
+ * The same calls against a replay server that answers with these bytes at
+ * once (gzipped as the server would): each client's latency with no server
+ * work at all, so the least a call through it can take on this machine.
+ */
+async function clientFloor(bytes: Uint8Array, list: boolean, options: MeasureOptions, goReader: GoListReader | undefined): Promise<Breakdown["floor"]> {
+  const replay = await startReplayServer(bytes, bytes.length >= 1024);
+  try {
+    const client = createClient(TaskService, createGrpcTransport({ baseUrl: replay.url }));
+    const node = await measure(() => (list ? client.listTasks({}) : client.getTask({ taskId: "replayed" })), options);
+    const request = list ? toJson(ListTasksRequestSchema, create(ListTasksRequestSchema)) : toJson(GetTaskRequestSchema, create(GetTaskRequestSchema, { taskId: "replayed" }));
+    const calls = Array.from({ length: options.warmup + options.samples }, () => request);
+    const go = goReader && (await goReader.run(replay.url, list ? "ListTasks" : "GetTask", true, calls, options)).stats;
+    return { node, go };
+  } finally {
+    replay.stop();
+  }
 }
 
 /** "n", or "median (min–max)" when the case's filter rotates. */

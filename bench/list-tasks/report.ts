@@ -70,6 +70,7 @@ export function breakdownTable(report: DialectReport): string {
   const bs = report.measured.breakdowns;
   const steps = [...new Set(bs.flatMap((b) => b.steps.map((x) => x.step.replace(/ x \d+$/, " x n"))))];
   const cell = (x: { p50: number; mean: number } | undefined) => (x ? `${ms(x.p50)} / ${ms(x.mean)}` : "–");
+  const withP99 = (x: { p50: number; mean: number; p99: number } | undefined) => (x ? `${cell(x)} (${ms(x.p99)})` : "–");
   const find = (b: (typeof bs)[number], step: string) => b.steps.find((x) => x.step.replace(/ x \d+$/, " x n") === step)?.stats;
   const sum = (b: (typeof bs)[number]) => b.steps.reduce((a, x) => a + x.stats.p50, 0);
   const header = bs.map((b) => `${b.name}: ${b.tasks} task${b.tasks === 1 ? "" : "s"}, ${(b.bytes / 1024).toFixed(1)} KiB` +
@@ -82,6 +83,8 @@ export function breakdownTable(report: DialectReport): string {
     `| bare HTTP/2 call: server and network, nothing decoded | ${bs.map((b) => cell(b.bare)).join(" | ")} |`,
     `| the whole gRPC call (connect-node) | ${bs.map((b) => cell(b.call)).join(" | ")} |`,
     `| the whole gRPC call (Go, connect-go) | ${bs.map((b) => cell(b.go)).join(" | ")} |`,
+    `| connect-node against a replay server that does no work (p99) | ${bs.map((b) => withP99(b.floor?.node)).join(" | ")} |`,
+    `| Go against the replay server (p99) | ${bs.map((b) => withP99(b.floor?.go)).join(" | ")} |`,
   ].join("\n");
 }
 
@@ -124,7 +127,8 @@ export function dialectBlock(report: DialectReport, info: RunInfo): string {
     "",
     "Where the time of one response goes: each step timed alone in the bench process, the server's steps as the server runs them " +
       "(the rest of a call is HTTP/2, gRPC framing, the handler and both event loops); the bare call is the server's and the network's share, " +
-      "the whole call minus it the client's:",
+      "the whole call minus it the client's. Last, each client calls a replay server (a process of its own that answers every call at once " +
+      "with the same bytes, gzipped as the server would): its latency with no server work at all, the least a call through that client can take here:",
     "",
     breakdownTable(report),
     "",
