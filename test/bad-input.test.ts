@@ -549,6 +549,9 @@ for (const dialect of DIALECTS) {
         const timeoutJson = await timeout.json();
         expect([timeout.status, connectReason(timeoutJson)]).toEqual([400, "INVALID_HEADER"]);
         expect(JSON.stringify(timeoutJson.details)).toContain("connect-timeout-ms");
+        // A message field named timeout that does not decode is the message's fault, not a header's.
+        const badField = await post(url, "/taskstream.v1.TaskService/DispatchTask", '{"toolName":"t","timeout":"soon"}');
+        expect([badField.status, connectReason(badField.json)]).toEqual([400, "MALFORMED_MESSAGE"]);
         // A Connect server stream ends with the error in its end message.
         const stream = await fetch(`${url}/taskstream.v1.TaskService/StreamTasks`, {
           method: "POST",

@@ -23,8 +23,10 @@ export function withProtocolReason(error: ConnectError): ConnectError | undefine
   switch (error.code) {
     case Code.ResourceExhausted:
       return as(error.code, "MESSAGE_TOO_LARGE");
-    case Code.InvalidArgument:
-      return /\btimeout\b/.test(message) ? as(error.code, "INVALID_HEADER", { header: timeoutHeader(message) }) : as(error.code, "MALFORMED_MESSAGE");
+    case Code.InvalidArgument: {
+      const header = timeoutHeader(message);
+      return header ? as(error.code, "INVALID_HEADER", { header }) : as(error.code, "MALFORMED_MESSAGE");
+    }
     case Code.Unimplemented:
       if (message.startsWith("unknown compression")) return as(error.code, "UNSUPPORTED_ENCODING");
       return message.startsWith("protocol error:") ? as(error.code, "MALFORMED_MESSAGE") : undefined;
@@ -35,8 +37,11 @@ export function withProtocolReason(error: ConnectError): ConnectError | undefine
   }
 }
 
-function timeoutHeader(message: string): string {
-  return message.includes("grpc timeout") ? "grpc-timeout" : "connect-timeout-ms";
+/** The timeout header connect could not read, by its message; undefined for any other fault. */
+function timeoutHeader(message: string): string | undefined {
+  const match = /^protocol error: invalid (connect|grpc) timeout value/.exec(message);
+  if (match) return match[1] === "grpc" ? "grpc-timeout" : "connect-timeout-ms";
+  return undefined;
 }
 
 /**
