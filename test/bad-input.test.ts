@@ -454,13 +454,19 @@ for (const dialect of DIALECTS) {
         expect(JSON.stringify(enumValue.json?.details)).toContain("INVALID_ARGUMENT");
       });
 
-      // KNOWN BUG: connect-es parses JSON with ignoreUnknownFields: true by default, which also
-      // drops unrecognised enum strings, so {"statuses":["NOPE"]} lists every task with 200.
-      // Remove `.fails` once server.ts passes jsonOptions: { ignoreUnknownFields: false }.
-      it.fails("raw Connect JSON with a bogus enum string is 400 invalid_argument", async () => {
-        const res = await post(t.server.url, "/taskstream.v1.TaskService/ListTasks", '{"statuses":["NOPE"]}');
-        expect(res.status, res.text.slice(0, 200)).toBe(400);
-        expect(res.json?.code).toBe("invalid_argument");
+      // Connect JSON is read strictly (connect-es would ignore unknown fields and enum names):
+      // a misspelt filter or enum must not widen a query to every task.
+      it("raw Connect JSON with a bogus enum string or an unknown field is 400 invalid_argument, MALFORMED_MESSAGE", async () => {
+        const path = "/taskstream.v1.TaskService/ListTasks";
+        for (const body of ['{"statuses":["NOPE"]}', '{"agentID":"a"}', '{"filter":{"nope":1}}']) {
+          const res = await post(t.server.url, path, body);
+          expect([res.status, res.json?.code, connectReason(res.json)], `${body} -> ${res.text.slice(0, 200)}`).toEqual([400, "invalid_argument", "MALFORMED_MESSAGE"]);
+        }
+        const dispatch = await post(t.server.url, "/taskstream.v1.TaskService/DispatchTask", JSON.stringify({ toolName: tool, maxRetrys: 3 }));
+        expect([dispatch.status, connectReason(dispatch.json)]).toEqual([400, "MALFORMED_MESSAGE"]);
+        // Both spellings the JSON mapping defines still parse: the JSON name and the proto field name.
+        const names = await post(t.server.url, path, '{"statuses":["TASK_STATUS_PENDING"],"page_size":1}');
+        expect(names.status, names.text.slice(0, 200)).toBe(200);
       });
 
       it("raw requests to unknown methods or with unsupported content types are refused cleanly", async () => {

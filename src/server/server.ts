@@ -80,6 +80,9 @@ export async function startServer(settings: Settings, logger: Logger = createLog
     readMaxBytes: MAX_MESSAGE_BYTES,
     writeMaxBytes: MAX_MESSAGE_BYTES,
     compressMinBytes,
+    // Strict, as the proto3 JSON mapping prescribes: connect-es would drop unknown
+    // fields and enum names, so a misspelt filter would list every task.
+    jsonOptions: { ignoreUnknownFields: false },
     acceptCompression: [compressionGzip, compressionBrotli],
     shutdownSignal: shutdown.signal,
     fallback: fallbackHandler(deps, runtime),
