@@ -8,7 +8,8 @@ import { durationFromMs, timestampFromMs } from "../src/domain/time.js";
 import { eventFor, runningKind, type EventKind } from "../src/storage/event-log.js";
 import { eventBytes } from "../src/storage/event-wire.js";
 import type { TaskRow } from "../src/storage/schema.js";
-import { taskBytes, taskFromRow } from "../src/storage/task-rows.js";
+import { ALL_TASK_FIELDS, taskBytes, taskFromRow, writeTask } from "../src/storage/task-rows.js";
+import { maskTask } from "../src/service/read-mask.js";
 import { WireWriter } from "../src/storage/wire-writer.js";
 import { prng } from "../bench/list-tasks/data.js";
 import { taskRow } from "./support/task-row.js";
@@ -211,6 +212,19 @@ describe("taskBytes", () => {
   it("decodes to taskFromRow(row) for 5000 random rows", () => {
     const random = prng(1);
     for (let i = 0; i < 5000; i++) expectSameTask(randomRow(random, i));
+  });
+
+  it("writes only a read mask's fields, as maskTask clears the rest, for random masks over edge and random rows", () => {
+    const random = prng(2);
+    const rows = [...edgeRows(), ...Array.from({ length: 500 }, (_, i) => randomRow(random, i))];
+    for (const [i, r] of rows.entries()) {
+      const fields = Math.floor(random() * ALL_TASK_FIELDS) & ALL_TASK_FIELDS;
+      const w = new WireWriter(1024);
+      writeTask(w, r, fields);
+      const decoded = fromBinary(TaskSchema, w.finish());
+      const expected = fromBinary(TaskSchema, toBinary(TaskSchema, maskTask(taskFromRow(r), fields)));
+      if (!isDeepStrictEqual(decoded, expected)) expect(decoded, `row ${i}, fields ${fields.toString(2)}`).toStrictEqual(expected);
+    }
   });
 
   it("keeps -0 apart from 0, as protobuf-es does", () => {

@@ -25,6 +25,7 @@ import { itemError, validateBatch } from "./batches.js";
 import type { ServiceDeps } from "./deps.js";
 import { rawBytes, speaksJson, withEncodedField } from "./encoded-response.js";
 import { leaseMessage, writeDispatchResult } from "./leases.js";
+import { maskTask, taskFields } from "./read-mask.js";
 import { streamTasks } from "./stream-tasks.js";
 import { MAX_BATCH_REQUESTS } from "./worker-service.js";
 import { decodePageToken, encodePageToken, pageSize, requestFingerprint } from "./pagination.js";
@@ -79,13 +80,15 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
     // with protobuf-es cost more than the query.
     async getTask(req, ctx) {
       const taskId = requireId("task_id", req.taskId);
+      const fields = taskFields(req.readMask);
       const task = await getTask(deps.db.kysely, taskId);
       if (!task) throw taskNotFound(taskId);
-      if (speaksJson(ctx)) return { task: taskFromRow(task) };
-      return withEncodedField(GetTaskResponseSchema, {}, GetTaskResponseSchema.field.task, [task], writeTask);
+      if (speaksJson(ctx)) return { task: maskTask(taskFromRow(task), fields) };
+      return withEncodedField(GetTaskResponseSchema, {}, GetTaskResponseSchema.field.task, [task], (w, row) => writeTask(w, row, fields));
     },
 
     async listTasks(req, ctx) {
+      const fields = taskFields(req.readMask);
       const fingerprint = requestFingerprint(ListTasksRequestSchema, req);
       const token = req.pageToken === "" ? undefined : decodePageToken(req.pageToken, fingerprint, isTaskPosition);
       const after = token && { value: token.position.v, taskId: token.position.id };
@@ -98,8 +101,8 @@ export function taskService(deps: ServiceDeps): ServiceImpl<typeof TaskService> 
         nextPageToken: page.more ? encodePageToken(fingerprint, { position: { v: last[orderBy], id: last.task_id }, total }) : "",
         totalSize: BigInt(total),
       };
-      if (speaksJson(ctx)) return { ...response, tasks: page.items.map(taskFromRow) };
-      return withEncodedField(ListTasksResponseSchema, response, ListTasksResponseSchema.field.tasks, page.items, writeTask);
+      if (speaksJson(ctx)) return { ...response, tasks: page.items.map((row) => maskTask(taskFromRow(row), fields)) };
+      return withEncodedField(ListTasksResponseSchema, response, ListTasksResponseSchema.field.tasks, page.items, (w, row) => writeTask(w, row, fields));
     },
 
     async listTaskEvents(req, ctx) {

@@ -55,33 +55,55 @@ export function taskBytes(row: TaskRow): Uint8Array {
   return w.finish();
 }
 
-/** Writes the content (no tag, no length) of the Task of `row`. */
-export function writeTask(w: WireWriter, row: TaskRow): void {
-  string(w, 1, row.task_id);
-  if (row.status !== 0) w.uint32(tag(2, Varint)).int32(row.status);
-  string(w, 3, row.tool_name);
-  string(w, 4, row.tool_call_id);
-  writeStructField(w, 5, jsonObject(row.args));
-  string(w, 6, row.agent_id);
-  string(w, 7, row.run_id);
-  string(w, 8, row.thread_id);
-  string(w, 9, row.resource_id);
-  if (row.result !== null) writeValueField(w, 10, JSON.parse(row.result) as JsonValue);
-  if (row.error !== null) writeError(w, 11, row.error);
-  timestamp(w, 12, row.create_time);
-  timestamp(w, 13, row.start_time);
-  timestamp(w, 14, row.suspend_time);
-  timestamp(w, 15, row.complete_time);
-  if (row.attempt !== 0) w.uint32(tag(16, Varint)).int32(row.attempt);
-  if (row.max_retries !== 0) w.uint32(tag(17, Varint)).int32(row.max_retries);
-  duration(w, 18, row.timeout_ms);
-  if (row.sequence !== 0) w.uint32(tag(19, Varint)).int64(row.sequence);
-  if (row.cancel_requested === 1) w.uint32(tag(20, Varint)).bool(true);
-  if (row.suspend_payload !== null) writeValueField(w, 21, JSON.parse(row.suspend_payload) as JsonValue);
-  if (row.resume_data !== null) writeValueField(w, 22, JSON.parse(row.resume_data) as JsonValue);
-  string(w, 23, row.worker_id);
-  if (row.status === TaskStatus.PENDING && row.ready_time > row.create_time) timestamp(w, 24, row.ready_time);
-  // RetryPolicy { initial_delay = 1; backoff_multiplier = 2; max_delay = 3; }
+/**
+ * A set of Task fields, by field number (bit n for field n): what a read
+ * mask leaves in an answer.
+ */
+export type TaskFields = number;
+
+/** Every field of Task. */
+export const ALL_TASK_FIELDS: TaskFields = TaskSchema.fields.reduce((fields, field) => {
+  if (field.number > 30) throw new Error(`Task field ${field.name} (${field.number}) does not fit a TaskFields bit`);
+  return fields | (1 << field.number);
+}, 0);
+
+/** Whether `fields` holds the field numbered `n`. */
+export function hasField(fields: TaskFields, n: number): boolean {
+  return (fields & (1 << n)) !== 0;
+}
+
+/** Writes the content (no tag, no length) of the Task of `row`, or of its `fields` alone. */
+export function writeTask(w: WireWriter, row: TaskRow, fields: TaskFields = ALL_TASK_FIELDS): void {
+  const has = (n: number) => (fields & (1 << n)) !== 0;
+  if (has(1)) string(w, 1, row.task_id);
+  if (has(2) && row.status !== 0) w.uint32(tag(2, Varint)).int32(row.status);
+  if (has(3)) string(w, 3, row.tool_name);
+  if (has(4)) string(w, 4, row.tool_call_id);
+  if (has(5)) writeStructField(w, 5, jsonObject(row.args));
+  if (has(6)) string(w, 6, row.agent_id);
+  if (has(7)) string(w, 7, row.run_id);
+  if (has(8)) string(w, 8, row.thread_id);
+  if (has(9)) string(w, 9, row.resource_id);
+  if (has(10) && row.result !== null) writeValueField(w, 10, JSON.parse(row.result) as JsonValue);
+  if (has(11) && row.error !== null) writeError(w, 11, row.error);
+  if (has(12)) timestamp(w, 12, row.create_time);
+  if (has(13)) timestamp(w, 13, row.start_time);
+  if (has(14)) timestamp(w, 14, row.suspend_time);
+  if (has(15)) timestamp(w, 15, row.complete_time);
+  if (has(16) && row.attempt !== 0) w.uint32(tag(16, Varint)).int32(row.attempt);
+  if (has(17) && row.max_retries !== 0) w.uint32(tag(17, Varint)).int32(row.max_retries);
+  if (has(18)) duration(w, 18, row.timeout_ms);
+  if (has(19) && row.sequence !== 0) w.uint32(tag(19, Varint)).int64(row.sequence);
+  if (has(20) && row.cancel_requested === 1) w.uint32(tag(20, Varint)).bool(true);
+  if (has(21) && row.suspend_payload !== null) writeValueField(w, 21, JSON.parse(row.suspend_payload) as JsonValue);
+  if (has(22) && row.resume_data !== null) writeValueField(w, 22, JSON.parse(row.resume_data) as JsonValue);
+  if (has(23)) string(w, 23, row.worker_id);
+  if (has(24) && row.status === TaskStatus.PENDING && row.ready_time > row.create_time) timestamp(w, 24, row.ready_time);
+  if (has(25)) writeRetryPolicy(w, row);
+}
+
+/** RetryPolicy { initial_delay = 1; backoff_multiplier = 2; max_delay = 3; }, as field 25. */
+function writeRetryPolicy(w: WireWriter, row: TaskRow): void {
   w.uint32(tag(25, LEN));
   const policy = w.begin();
   duration(w, 1, row.retry_delay_ms);

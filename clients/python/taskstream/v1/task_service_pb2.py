@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from taskstream.v1 import task_pb2 as taskstream_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n taskstream/v1/task_service.proto\x12\rtaskstream.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18taskstream/v1/task.proto\"T\n\x0c\x43laimOptions\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaa\x03\n\x13\x44ispatchTaskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12%\n\x04\x61rgs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x11\n\tthread_id\x18\x07 \x01(\t\x12\x13\n\x0bresource_id\x18\x08 \x01(\t\x12\x18\n\x0bmax_retries\x18\t \x01(\x05H\x00\x88\x01\x01\x12*\n\x07timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x05\x63laim\x18\x0b \x01(\x0b\x32\x1b.taskstream.v1.ClaimOptions\x12\x31\n\x0c\x62\x61\x63kpressure\x18\x0c \x01(\x0e\x32\x1b.taskstream.v1.Backpressure\x12\x30\n\x0cretry_policy\x18\r \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicyB\x0e\n\x0c_max_retries\"o\n\x14\x44ispatchTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskstream.v1.Task\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.taskstream.v1.Lease\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"L\n\x14\x44ispatchTasksRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".taskstream.v1.DispatchTaskRequest\"K\n\x15\x44ispatchTasksResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.taskstream.v1.DispatchTaskResult\"\x85\x01\n\x12\x44ispatchTaskResult\x12\x39\n\ndispatched\x18\x01 \x01(\x0b\x32#.taskstream.v1.DispatchTaskResponseH\x00\x12)\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.taskstream.v1.ItemErrorH\x00\x42\t\n\x07outcome\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x12\x43\x61ncelTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskstream.v1.Task\"}\n\x11ResumeTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\x0bresume_data\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12*\n\x05\x63laim\x18\x03 \x01(\x0b\x32\x1b.taskstream.v1.ClaimOptions\"\\\n\x12ResumeTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskstream.v1.Task\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.taskstream.v1.Lease\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"4\n\x0fGetTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskstream.v1.Task\"\x96\x01\n\tTimeRange\x12+\n\x05\x66ield\x18\x01 \x01(\x0e\x32\x1c.taskstream.v1.TaskTimeField\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x02\n\x10ListTasksRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.taskstream.v1.TaskFilter\x12\x14\n\x0ctool_call_id\x18\x02 \x01(\t\x12+\n\x08statuses\x18\x03 \x03(\x0e\x32\x19.taskstream.v1.TaskStatus\x12,\n\ntime_range\x18\x04 \x01(\x0b\x32\x18.taskstream.v1.TimeRange\x12.\n\x08order_by\x18\x05 \x01(\x0e\x32\x1c.taskstream.v1.TaskTimeField\x12\x12\n\ndescending\x18\x06 \x01(\x08\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"d\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskstream.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"O\n\x15ListTaskEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"o\n\x16ListTaskEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.taskstream.v1.TaskEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\xbd\x01\n\x12StreamTasksRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.taskstream.v1.TaskFilter\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\rskip_snapshot\x18\x03 \x01(\x08\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x11\n\x0f_after_sequence\"\xbe\x01\n\x13StreamTasksResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.taskstream.v1.TaskEventH\x00\x12<\n\x11snapshot_complete\x18\x02 \x01(\x0b\x32\x1f.taskstream.v1.SnapshotCompleteH\x00\x12\x33\n\theartbeat\x18\x03 \x01(\x0b\x32\x1e.taskstream.v1.StreamHeartbeatH\x00\x42\t\n\x07message\"$\n\x10SnapshotComplete\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"T\n\x0fStreamHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*]\n\x0c\x42\x61\x63kpressure\x12\x1c\n\x18\x42\x41\x43KPRESSURE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42\x41\x43KPRESSURE_QUEUE\x10\x01\x12\x17\n\x13\x42\x41\x43KPRESSURE_REJECT\x10\x02*\x94\x01\n\rTaskTimeField\x12\x1f\n\x1bTASK_TIME_FIELD_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTASK_TIME_FIELD_CREATE_TIME\x10\x01\x12\x1e\n\x1aTASK_TIME_FIELD_START_TIME\x10\x02\x12!\n\x1dTASK_TIME_FIELD_COMPLETE_TIME\x10\x03\x32\xc8\x05\n\x0bTaskService\x12W\n\x0c\x44ispatchTask\x12\".taskstream.v1.DispatchTaskRequest\x1a#.taskstream.v1.DispatchTaskResponse\x12Z\n\rDispatchTasks\x12#.taskstream.v1.DispatchTasksRequest\x1a$.taskstream.v1.DispatchTasksResponse\x12Q\n\nCancelTask\x12 .taskstream.v1.CancelTaskRequest\x1a!.taskstream.v1.CancelTaskResponse\x12Q\n\nResumeTask\x12 .taskstream.v1.ResumeTaskRequest\x1a!.taskstream.v1.ResumeTaskResponse\x12M\n\x07GetTask\x12\x1d.taskstream.v1.GetTaskRequest\x1a\x1e.taskstream.v1.GetTaskResponse\"\x03\x90\x02\x01\x12S\n\tListTasks\x12\x1f.taskstream.v1.ListTasksRequest\x1a .taskstream.v1.ListTasksResponse\"\x03\x90\x02\x01\x12\x62\n\x0eListTaskEvents\x12$.taskstream.v1.ListTaskEventsRequest\x1a%.taskstream.v1.ListTaskEventsResponse\"\x03\x90\x02\x01\x12V\n\x0bStreamTasks\x12!.taskstream.v1.StreamTasksRequest\x1a\".taskstream.v1.StreamTasksResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n taskstream/v1/task_service.proto\x12\rtaskstream.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18taskstream/v1/task.proto\"T\n\x0c\x43laimOptions\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaa\x03\n\x13\x44ispatchTaskRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12%\n\x04\x61rgs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x11\n\tthread_id\x18\x07 \x01(\t\x12\x13\n\x0bresource_id\x18\x08 \x01(\t\x12\x18\n\x0bmax_retries\x18\t \x01(\x05H\x00\x88\x01\x01\x12*\n\x07timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x05\x63laim\x18\x0b \x01(\x0b\x32\x1b.taskstream.v1.ClaimOptions\x12\x31\n\x0c\x62\x61\x63kpressure\x18\x0c \x01(\x0e\x32\x1b.taskstream.v1.Backpressure\x12\x30\n\x0cretry_policy\x18\r \x01(\x0b\x32\x1a.taskstream.v1.RetryPolicyB\x0e\n\x0c_max_retries\"o\n\x14\x44ispatchTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskstream.v1.Task\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.taskstream.v1.Lease\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"L\n\x14\x44ispatchTasksRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".taskstream.v1.DispatchTaskRequest\"K\n\x15\x44ispatchTasksResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.taskstream.v1.DispatchTaskResult\"\x85\x01\n\x12\x44ispatchTaskResult\x12\x39\n\ndispatched\x18\x01 \x01(\x0b\x32#.taskstream.v1.DispatchTaskResponseH\x00\x12)\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.taskstream.v1.ItemErrorH\x00\x42\t\n\x07outcome\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x12\x43\x61ncelTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskstream.v1.Task\"}\n\x11ResumeTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\x0bresume_data\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12*\n\x05\x63laim\x18\x03 \x01(\x0b\x32\x1b.taskstream.v1.ClaimOptions\"\\\n\x12ResumeTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskstream.v1.Task\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.taskstream.v1.Lease\"P\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12-\n\tread_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"4\n\x0fGetTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.taskstream.v1.Task\"\x96\x01\n\tTimeRange\x12+\n\x05\x66ield\x18\x01 \x01(\x0e\x32\x1c.taskstream.v1.TaskTimeField\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x02\n\x10ListTasksRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.taskstream.v1.TaskFilter\x12\x14\n\x0ctool_call_id\x18\x02 \x01(\t\x12+\n\x08statuses\x18\x03 \x03(\x0e\x32\x19.taskstream.v1.TaskStatus\x12,\n\ntime_range\x18\x04 \x01(\x0b\x32\x18.taskstream.v1.TimeRange\x12.\n\x08order_by\x18\x05 \x01(\x0e\x32\x1c.taskstream.v1.TaskTimeField\x12\x12\n\ndescending\x18\x06 \x01(\x08\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x12-\n\tread_mask\x18\t \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"d\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.taskstream.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"O\n\x15ListTaskEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"o\n\x16ListTaskEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.taskstream.v1.TaskEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\xbd\x01\n\x12StreamTasksRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.taskstream.v1.TaskFilter\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\rskip_snapshot\x18\x03 \x01(\x08\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x11\n\x0f_after_sequence\"\xbe\x01\n\x13StreamTasksResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.taskstream.v1.TaskEventH\x00\x12<\n\x11snapshot_complete\x18\x02 \x01(\x0b\x32\x1f.taskstream.v1.SnapshotCompleteH\x00\x12\x33\n\theartbeat\x18\x03 \x01(\x0b\x32\x1e.taskstream.v1.StreamHeartbeatH\x00\x42\t\n\x07message\"$\n\x10SnapshotComplete\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"T\n\x0fStreamHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*]\n\x0c\x42\x61\x63kpressure\x12\x1c\n\x18\x42\x41\x43KPRESSURE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42\x41\x43KPRESSURE_QUEUE\x10\x01\x12\x17\n\x13\x42\x41\x43KPRESSURE_REJECT\x10\x02*\x94\x01\n\rTaskTimeField\x12\x1f\n\x1bTASK_TIME_FIELD_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTASK_TIME_FIELD_CREATE_TIME\x10\x01\x12\x1e\n\x1aTASK_TIME_FIELD_START_TIME\x10\x02\x12!\n\x1dTASK_TIME_FIELD_COMPLETE_TIME\x10\x03\x32\xc8\x05\n\x0bTaskService\x12W\n\x0c\x44ispatchTask\x12\".taskstream.v1.DispatchTaskRequest\x1a#.taskstream.v1.DispatchTaskResponse\x12Z\n\rDispatchTasks\x12#.taskstream.v1.DispatchTasksRequest\x1a$.taskstream.v1.DispatchTasksResponse\x12Q\n\nCancelTask\x12 .taskstream.v1.CancelTaskRequest\x1a!.taskstream.v1.CancelTaskResponse\x12Q\n\nResumeTask\x12 .taskstream.v1.ResumeTaskRequest\x1a!.taskstream.v1.ResumeTaskResponse\x12M\n\x07GetTask\x12\x1d.taskstream.v1.GetTaskRequest\x1a\x1e.taskstream.v1.GetTaskResponse\"\x03\x90\x02\x01\x12S\n\tListTasks\x12\x1f.taskstream.v1.ListTasksRequest\x1a .taskstream.v1.ListTasksResponse\"\x03\x90\x02\x01\x12\x62\n\x0eListTaskEvents\x12$.taskstream.v1.ListTaskEventsRequest\x1a%.taskstream.v1.ListTaskEventsResponse\"\x03\x90\x02\x01\x12V\n\x0bStreamTasks\x12!.taskstream.v1.StreamTasksRequest\x1a\".taskstream.v1.StreamTasksResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,52 +42,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSERVICE'].methods_by_name['ListTasks']._serialized_options = b'\220\002\001'
   _globals['_TASKSERVICE'].methods_by_name['ListTaskEvents']._loaded_options = None
   _globals['_TASKSERVICE'].methods_by_name['ListTaskEvents']._serialized_options = b'\220\002\001'
-  _globals['_BACKPRESSURE']._serialized_start=2754
-  _globals['_BACKPRESSURE']._serialized_end=2847
-  _globals['_TASKTIMEFIELD']._serialized_start=2850
-  _globals['_TASKTIMEFIELD']._serialized_end=2998
-  _globals['_CLAIMOPTIONS']._serialized_start=172
-  _globals['_CLAIMOPTIONS']._serialized_end=256
-  _globals['_DISPATCHTASKREQUEST']._serialized_start=259
-  _globals['_DISPATCHTASKREQUEST']._serialized_end=685
-  _globals['_DISPATCHTASKRESPONSE']._serialized_start=687
-  _globals['_DISPATCHTASKRESPONSE']._serialized_end=798
-  _globals['_DISPATCHTASKSREQUEST']._serialized_start=800
-  _globals['_DISPATCHTASKSREQUEST']._serialized_end=876
-  _globals['_DISPATCHTASKSRESPONSE']._serialized_start=878
-  _globals['_DISPATCHTASKSRESPONSE']._serialized_end=953
-  _globals['_DISPATCHTASKRESULT']._serialized_start=956
-  _globals['_DISPATCHTASKRESULT']._serialized_end=1089
-  _globals['_CANCELTASKREQUEST']._serialized_start=1091
-  _globals['_CANCELTASKREQUEST']._serialized_end=1143
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1145
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1200
-  _globals['_RESUMETASKREQUEST']._serialized_start=1202
-  _globals['_RESUMETASKREQUEST']._serialized_end=1327
-  _globals['_RESUMETASKRESPONSE']._serialized_start=1329
-  _globals['_RESUMETASKRESPONSE']._serialized_end=1421
-  _globals['_GETTASKREQUEST']._serialized_start=1423
-  _globals['_GETTASKREQUEST']._serialized_end=1456
-  _globals['_GETTASKRESPONSE']._serialized_start=1458
-  _globals['_GETTASKRESPONSE']._serialized_end=1510
-  _globals['_TIMERANGE']._serialized_start=1513
-  _globals['_TIMERANGE']._serialized_end=1663
-  _globals['_LISTTASKSREQUEST']._serialized_start=1666
-  _globals['_LISTTASKSREQUEST']._serialized_end=1947
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1949
-  _globals['_LISTTASKSRESPONSE']._serialized_end=2049
-  _globals['_LISTTASKEVENTSREQUEST']._serialized_start=2051
-  _globals['_LISTTASKEVENTSREQUEST']._serialized_end=2130
-  _globals['_LISTTASKEVENTSRESPONSE']._serialized_start=2132
-  _globals['_LISTTASKEVENTSRESPONSE']._serialized_end=2243
-  _globals['_STREAMTASKSREQUEST']._serialized_start=2246
-  _globals['_STREAMTASKSREQUEST']._serialized_end=2435
-  _globals['_STREAMTASKSRESPONSE']._serialized_start=2438
-  _globals['_STREAMTASKSRESPONSE']._serialized_end=2628
-  _globals['_SNAPSHOTCOMPLETE']._serialized_start=2630
-  _globals['_SNAPSHOTCOMPLETE']._serialized_end=2666
-  _globals['_STREAMHEARTBEAT']._serialized_start=2668
-  _globals['_STREAMHEARTBEAT']._serialized_end=2752
-  _globals['_TASKSERVICE']._serialized_start=3001
-  _globals['_TASKSERVICE']._serialized_end=3713
+  _globals['_BACKPRESSURE']._serialized_start=2882
+  _globals['_BACKPRESSURE']._serialized_end=2975
+  _globals['_TASKTIMEFIELD']._serialized_start=2978
+  _globals['_TASKTIMEFIELD']._serialized_end=3126
+  _globals['_CLAIMOPTIONS']._serialized_start=206
+  _globals['_CLAIMOPTIONS']._serialized_end=290
+  _globals['_DISPATCHTASKREQUEST']._serialized_start=293
+  _globals['_DISPATCHTASKREQUEST']._serialized_end=719
+  _globals['_DISPATCHTASKRESPONSE']._serialized_start=721
+  _globals['_DISPATCHTASKRESPONSE']._serialized_end=832
+  _globals['_DISPATCHTASKSREQUEST']._serialized_start=834
+  _globals['_DISPATCHTASKSREQUEST']._serialized_end=910
+  _globals['_DISPATCHTASKSRESPONSE']._serialized_start=912
+  _globals['_DISPATCHTASKSRESPONSE']._serialized_end=987
+  _globals['_DISPATCHTASKRESULT']._serialized_start=990
+  _globals['_DISPATCHTASKRESULT']._serialized_end=1123
+  _globals['_CANCELTASKREQUEST']._serialized_start=1125
+  _globals['_CANCELTASKREQUEST']._serialized_end=1177
+  _globals['_CANCELTASKRESPONSE']._serialized_start=1179
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1234
+  _globals['_RESUMETASKREQUEST']._serialized_start=1236
+  _globals['_RESUMETASKREQUEST']._serialized_end=1361
+  _globals['_RESUMETASKRESPONSE']._serialized_start=1363
+  _globals['_RESUMETASKRESPONSE']._serialized_end=1455
+  _globals['_GETTASKREQUEST']._serialized_start=1457
+  _globals['_GETTASKREQUEST']._serialized_end=1537
+  _globals['_GETTASKRESPONSE']._serialized_start=1539
+  _globals['_GETTASKRESPONSE']._serialized_end=1591
+  _globals['_TIMERANGE']._serialized_start=1594
+  _globals['_TIMERANGE']._serialized_end=1744
+  _globals['_LISTTASKSREQUEST']._serialized_start=1747
+  _globals['_LISTTASKSREQUEST']._serialized_end=2075
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2077
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2177
+  _globals['_LISTTASKEVENTSREQUEST']._serialized_start=2179
+  _globals['_LISTTASKEVENTSREQUEST']._serialized_end=2258
+  _globals['_LISTTASKEVENTSRESPONSE']._serialized_start=2260
+  _globals['_LISTTASKEVENTSRESPONSE']._serialized_end=2371
+  _globals['_STREAMTASKSREQUEST']._serialized_start=2374
+  _globals['_STREAMTASKSREQUEST']._serialized_end=2563
+  _globals['_STREAMTASKSRESPONSE']._serialized_start=2566
+  _globals['_STREAMTASKSRESPONSE']._serialized_end=2756
+  _globals['_SNAPSHOTCOMPLETE']._serialized_start=2758
+  _globals['_SNAPSHOTCOMPLETE']._serialized_end=2794
+  _globals['_STREAMHEARTBEAT']._serialized_start=2796
+  _globals['_STREAMHEARTBEAT']._serialized_end=2880
+  _globals['_TASKSERVICE']._serialized_start=3129
+  _globals['_TASKSERVICE']._serialized_end=3841
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from taskstream.v1 import task_pb2 as _task_pb2
@@ -134,10 +135,12 @@ class ResumeTaskResponse(_message.Message):
     def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., lease: _Optional[_Union[_task_pb2.Lease, _Mapping]] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
-    __slots__ = ("task_id",)
+    __slots__ = ("task_id", "read_mask")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_MASK_FIELD_NUMBER: _ClassVar[int]
     task_id: str
-    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+    read_mask: _field_mask_pb2.FieldMask
+    def __init__(self, task_id: _Optional[str] = ..., read_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class GetTaskResponse(_message.Message):
     __slots__ = ("task",)
@@ -156,7 +159,7 @@ class TimeRange(_message.Message):
     def __init__(self, field: _Optional[_Union[TaskTimeField, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("filter", "tool_call_id", "statuses", "time_range", "order_by", "descending", "page_size", "page_token")
+    __slots__ = ("filter", "tool_call_id", "statuses", "time_range", "order_by", "descending", "page_size", "page_token", "read_mask")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +168,7 @@ class ListTasksRequest(_message.Message):
     DESCENDING_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    READ_MASK_FIELD_NUMBER: _ClassVar[int]
     filter: _task_pb2.TaskFilter
     tool_call_id: str
     statuses: _containers.RepeatedScalarFieldContainer[_task_pb2.TaskStatus]
@@ -173,7 +177,8 @@ class ListTasksRequest(_message.Message):
     descending: bool
     page_size: int
     page_token: str
-    def __init__(self, filter: _Optional[_Union[_task_pb2.TaskFilter, _Mapping]] = ..., tool_call_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_task_pb2.TaskStatus, str]]] = ..., time_range: _Optional[_Union[TimeRange, _Mapping]] = ..., order_by: _Optional[_Union[TaskTimeField, str]] = ..., descending: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    read_mask: _field_mask_pb2.FieldMask
+    def __init__(self, filter: _Optional[_Union[_task_pb2.TaskFilter, _Mapping]] = ..., tool_call_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[_task_pb2.TaskStatus, str]]] = ..., time_range: _Optional[_Union[TimeRange, _Mapping]] = ..., order_by: _Optional[_Union[TaskTimeField, str]] = ..., descending: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., read_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks", "next_page_token", "total_size")

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -790,8 +791,11 @@ func (x *ResumeTaskResponse) GetLease() *Lease {
 }
 
 type GetTaskRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The Task fields to return (AIP-157), by name ("task_id", "status",
+	// "args", ...; in JSON "taskId,status,args"); unset or "*" returns all.
+	ReadMask      *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=read_mask,json=readMask,proto3" json:"read_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -831,6 +835,13 @@ func (x *GetTaskRequest) GetTaskId() string {
 		return x.TaskId
 	}
 	return ""
+}
+
+func (x *GetTaskRequest) GetReadMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.ReadMask
+	}
+	return nil
 }
 
 type GetTaskResponse struct {
@@ -953,7 +964,11 @@ type ListTasksRequest struct {
 	// Default 50, at most 1000.
 	PageSize int32 `protobuf:"varint,7,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token, with the same filter.
-	PageToken     string `protobuf:"bytes,8,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,8,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// The Task fields to return, as in GetTask: a list that leaves out args,
+	// result, suspend_payload and resume_data costs a fraction to encode and
+	// decode. Part of the request a page token is bound to.
+	ReadMask      *fieldmaskpb.FieldMask `protobuf:"bytes,9,opt,name=read_mask,json=readMask,proto3" json:"read_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1042,6 +1057,13 @@ func (x *ListTasksRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListTasksRequest) GetReadMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.ReadMask
+	}
+	return nil
 }
 
 type ListTasksResponse struct {
@@ -1501,7 +1523,7 @@ var File_taskstream_v1_task_service_proto protoreflect.FileDescriptor
 
 const file_taskstream_v1_task_service_proto_rawDesc = "" +
 	"\n" +
-	" taskstream/v1/task_service.proto\x12\rtaskstream.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18taskstream/v1/task.proto\"m\n" +
+	" taskstream/v1/task_service.proto\x12\rtaskstream.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18taskstream/v1/task.proto\"m\n" +
 	"\fClaimOptions\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12@\n" +
 	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"\xae\x04\n" +
@@ -1551,16 +1573,17 @@ const file_taskstream_v1_task_service_proto_rawDesc = "" +
 	"\x05claim\x18\x03 \x01(\v2\x1b.taskstream.v1.ClaimOptionsR\x05claim\"i\n" +
 	"\x12ResumeTaskResponse\x12'\n" +
 	"\x04task\x18\x01 \x01(\v2\x13.taskstream.v1.TaskR\x04task\x12*\n" +
-	"\x05lease\x18\x02 \x01(\v2\x14.taskstream.v1.LeaseR\x05lease\")\n" +
+	"\x05lease\x18\x02 \x01(\v2\x14.taskstream.v1.LeaseR\x05lease\"b\n" +
 	"\x0eGetTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\":\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x127\n" +
+	"\tread_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\breadMask\":\n" +
 	"\x0fGetTaskResponse\x12'\n" +
 	"\x04task\x18\x01 \x01(\v2\x13.taskstream.v1.TaskR\x04task\"\xb1\x01\n" +
 	"\tTimeRange\x122\n" +
 	"\x05field\x18\x01 \x01(\x0e2\x1c.taskstream.v1.TaskTimeFieldR\x05field\x129\n" +
 	"\n" +
 	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xec\x02\n" +
+	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xa5\x03\n" +
 	"\x10ListTasksRequest\x121\n" +
 	"\x06filter\x18\x01 \x01(\v2\x19.taskstream.v1.TaskFilterR\x06filter\x12 \n" +
 	"\ftool_call_id\x18\x02 \x01(\tR\n" +
@@ -1574,7 +1597,8 @@ const file_taskstream_v1_task_service_proto_rawDesc = "" +
 	"descending\x12\x1b\n" +
 	"\tpage_size\x18\a \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\b \x01(\tR\tpageToken\"\x85\x01\n" +
+	"page_token\x18\b \x01(\tR\tpageToken\x127\n" +
+	"\tread_mask\x18\t \x01(\v2\x1a.google.protobuf.FieldMaskR\breadMask\"\x85\x01\n" +
 	"\x11ListTasksResponse\x12)\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x13.taskstream.v1.TaskR\x05tasks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1d\n" +
@@ -1674,10 +1698,11 @@ var file_taskstream_v1_task_service_proto_goTypes = []any{
 	(*Lease)(nil),                  // 27: taskstream.v1.Lease
 	(*ItemError)(nil),              // 28: taskstream.v1.ItemError
 	(*structpb.Value)(nil),         // 29: google.protobuf.Value
-	(*timestamppb.Timestamp)(nil),  // 30: google.protobuf.Timestamp
-	(*TaskFilter)(nil),             // 31: taskstream.v1.TaskFilter
-	(TaskStatus)(0),                // 32: taskstream.v1.TaskStatus
-	(*TaskEvent)(nil),              // 33: taskstream.v1.TaskEvent
+	(*fieldmaskpb.FieldMask)(nil),  // 30: google.protobuf.FieldMask
+	(*timestamppb.Timestamp)(nil),  // 31: google.protobuf.Timestamp
+	(*TaskFilter)(nil),             // 32: taskstream.v1.TaskFilter
+	(TaskStatus)(0),                // 33: taskstream.v1.TaskStatus
+	(*TaskEvent)(nil),              // 34: taskstream.v1.TaskEvent
 }
 var file_taskstream_v1_task_service_proto_depIdxs = []int32{
 	23, // 0: taskstream.v1.ClaimOptions.lease_duration:type_name -> google.protobuf.Duration
@@ -1697,43 +1722,45 @@ var file_taskstream_v1_task_service_proto_depIdxs = []int32{
 	2,  // 14: taskstream.v1.ResumeTaskRequest.claim:type_name -> taskstream.v1.ClaimOptions
 	26, // 15: taskstream.v1.ResumeTaskResponse.task:type_name -> taskstream.v1.Task
 	27, // 16: taskstream.v1.ResumeTaskResponse.lease:type_name -> taskstream.v1.Lease
-	26, // 17: taskstream.v1.GetTaskResponse.task:type_name -> taskstream.v1.Task
-	1,  // 18: taskstream.v1.TimeRange.field:type_name -> taskstream.v1.TaskTimeField
-	30, // 19: taskstream.v1.TimeRange.start_time:type_name -> google.protobuf.Timestamp
-	30, // 20: taskstream.v1.TimeRange.end_time:type_name -> google.protobuf.Timestamp
-	31, // 21: taskstream.v1.ListTasksRequest.filter:type_name -> taskstream.v1.TaskFilter
-	32, // 22: taskstream.v1.ListTasksRequest.statuses:type_name -> taskstream.v1.TaskStatus
-	14, // 23: taskstream.v1.ListTasksRequest.time_range:type_name -> taskstream.v1.TimeRange
-	1,  // 24: taskstream.v1.ListTasksRequest.order_by:type_name -> taskstream.v1.TaskTimeField
-	26, // 25: taskstream.v1.ListTasksResponse.tasks:type_name -> taskstream.v1.Task
-	33, // 26: taskstream.v1.ListTaskEventsResponse.events:type_name -> taskstream.v1.TaskEvent
-	31, // 27: taskstream.v1.StreamTasksRequest.filter:type_name -> taskstream.v1.TaskFilter
-	23, // 28: taskstream.v1.StreamTasksRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	33, // 29: taskstream.v1.StreamTasksResponse.event:type_name -> taskstream.v1.TaskEvent
-	21, // 30: taskstream.v1.StreamTasksResponse.snapshot_complete:type_name -> taskstream.v1.SnapshotComplete
-	22, // 31: taskstream.v1.StreamTasksResponse.heartbeat:type_name -> taskstream.v1.StreamHeartbeat
-	30, // 32: taskstream.v1.StreamHeartbeat.server_time:type_name -> google.protobuf.Timestamp
-	3,  // 33: taskstream.v1.TaskService.DispatchTask:input_type -> taskstream.v1.DispatchTaskRequest
-	5,  // 34: taskstream.v1.TaskService.DispatchTasks:input_type -> taskstream.v1.DispatchTasksRequest
-	8,  // 35: taskstream.v1.TaskService.CancelTask:input_type -> taskstream.v1.CancelTaskRequest
-	10, // 36: taskstream.v1.TaskService.ResumeTask:input_type -> taskstream.v1.ResumeTaskRequest
-	12, // 37: taskstream.v1.TaskService.GetTask:input_type -> taskstream.v1.GetTaskRequest
-	15, // 38: taskstream.v1.TaskService.ListTasks:input_type -> taskstream.v1.ListTasksRequest
-	17, // 39: taskstream.v1.TaskService.ListTaskEvents:input_type -> taskstream.v1.ListTaskEventsRequest
-	19, // 40: taskstream.v1.TaskService.StreamTasks:input_type -> taskstream.v1.StreamTasksRequest
-	4,  // 41: taskstream.v1.TaskService.DispatchTask:output_type -> taskstream.v1.DispatchTaskResponse
-	6,  // 42: taskstream.v1.TaskService.DispatchTasks:output_type -> taskstream.v1.DispatchTasksResponse
-	9,  // 43: taskstream.v1.TaskService.CancelTask:output_type -> taskstream.v1.CancelTaskResponse
-	11, // 44: taskstream.v1.TaskService.ResumeTask:output_type -> taskstream.v1.ResumeTaskResponse
-	13, // 45: taskstream.v1.TaskService.GetTask:output_type -> taskstream.v1.GetTaskResponse
-	16, // 46: taskstream.v1.TaskService.ListTasks:output_type -> taskstream.v1.ListTasksResponse
-	18, // 47: taskstream.v1.TaskService.ListTaskEvents:output_type -> taskstream.v1.ListTaskEventsResponse
-	20, // 48: taskstream.v1.TaskService.StreamTasks:output_type -> taskstream.v1.StreamTasksResponse
-	41, // [41:49] is the sub-list for method output_type
-	33, // [33:41] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	30, // 17: taskstream.v1.GetTaskRequest.read_mask:type_name -> google.protobuf.FieldMask
+	26, // 18: taskstream.v1.GetTaskResponse.task:type_name -> taskstream.v1.Task
+	1,  // 19: taskstream.v1.TimeRange.field:type_name -> taskstream.v1.TaskTimeField
+	31, // 20: taskstream.v1.TimeRange.start_time:type_name -> google.protobuf.Timestamp
+	31, // 21: taskstream.v1.TimeRange.end_time:type_name -> google.protobuf.Timestamp
+	32, // 22: taskstream.v1.ListTasksRequest.filter:type_name -> taskstream.v1.TaskFilter
+	33, // 23: taskstream.v1.ListTasksRequest.statuses:type_name -> taskstream.v1.TaskStatus
+	14, // 24: taskstream.v1.ListTasksRequest.time_range:type_name -> taskstream.v1.TimeRange
+	1,  // 25: taskstream.v1.ListTasksRequest.order_by:type_name -> taskstream.v1.TaskTimeField
+	30, // 26: taskstream.v1.ListTasksRequest.read_mask:type_name -> google.protobuf.FieldMask
+	26, // 27: taskstream.v1.ListTasksResponse.tasks:type_name -> taskstream.v1.Task
+	34, // 28: taskstream.v1.ListTaskEventsResponse.events:type_name -> taskstream.v1.TaskEvent
+	32, // 29: taskstream.v1.StreamTasksRequest.filter:type_name -> taskstream.v1.TaskFilter
+	23, // 30: taskstream.v1.StreamTasksRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	34, // 31: taskstream.v1.StreamTasksResponse.event:type_name -> taskstream.v1.TaskEvent
+	21, // 32: taskstream.v1.StreamTasksResponse.snapshot_complete:type_name -> taskstream.v1.SnapshotComplete
+	22, // 33: taskstream.v1.StreamTasksResponse.heartbeat:type_name -> taskstream.v1.StreamHeartbeat
+	31, // 34: taskstream.v1.StreamHeartbeat.server_time:type_name -> google.protobuf.Timestamp
+	3,  // 35: taskstream.v1.TaskService.DispatchTask:input_type -> taskstream.v1.DispatchTaskRequest
+	5,  // 36: taskstream.v1.TaskService.DispatchTasks:input_type -> taskstream.v1.DispatchTasksRequest
+	8,  // 37: taskstream.v1.TaskService.CancelTask:input_type -> taskstream.v1.CancelTaskRequest
+	10, // 38: taskstream.v1.TaskService.ResumeTask:input_type -> taskstream.v1.ResumeTaskRequest
+	12, // 39: taskstream.v1.TaskService.GetTask:input_type -> taskstream.v1.GetTaskRequest
+	15, // 40: taskstream.v1.TaskService.ListTasks:input_type -> taskstream.v1.ListTasksRequest
+	17, // 41: taskstream.v1.TaskService.ListTaskEvents:input_type -> taskstream.v1.ListTaskEventsRequest
+	19, // 42: taskstream.v1.TaskService.StreamTasks:input_type -> taskstream.v1.StreamTasksRequest
+	4,  // 43: taskstream.v1.TaskService.DispatchTask:output_type -> taskstream.v1.DispatchTaskResponse
+	6,  // 44: taskstream.v1.TaskService.DispatchTasks:output_type -> taskstream.v1.DispatchTasksResponse
+	9,  // 45: taskstream.v1.TaskService.CancelTask:output_type -> taskstream.v1.CancelTaskResponse
+	11, // 46: taskstream.v1.TaskService.ResumeTask:output_type -> taskstream.v1.ResumeTaskResponse
+	13, // 47: taskstream.v1.TaskService.GetTask:output_type -> taskstream.v1.GetTaskResponse
+	16, // 48: taskstream.v1.TaskService.ListTasks:output_type -> taskstream.v1.ListTasksResponse
+	18, // 49: taskstream.v1.TaskService.ListTaskEvents:output_type -> taskstream.v1.ListTaskEventsResponse
+	20, // 50: taskstream.v1.TaskService.StreamTasks:output_type -> taskstream.v1.StreamTasksResponse
+	43, // [43:51] is the sub-list for method output_type
+	35, // [35:43] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_taskstream_v1_task_service_proto_init() }
