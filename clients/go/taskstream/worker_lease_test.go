@@ -329,16 +329,18 @@ func TestWorkerServerRestarts(t *testing.T) {
 			case <-ctx.Done():
 				return nil, context.Cause(ctx)
 			}
-			// Past a heartbeat (every 2 s) on the new server; the lease outlasts a slow start.
+			// Past a heartbeat (every 5 s) on the new server. The lease (15 s)
+			// outlasts a stop and a start on a loaded machine: at 6 s, a run of
+			// the whole suite on a slow host once saw it expire in between.
 			select {
-			case <-time.After(2500 * time.Millisecond):
+			case <-time.After(5500 * time.Millisecond):
 				return "survived", nil
 			case <-ctx.Done():
 				return nil, context.Cause(ctx)
 			}
 		},
 		"after-restart": func(ctx context.Context, job *taskstream.Job) (any, error) { return "after", nil },
-	}, taskstream.WithLeaseDuration(6*time.Second), taskstream.WithClaimWait(time.Second))
+	}, taskstream.WithLeaseDuration(15*time.Second), taskstream.WithClaimWait(time.Second))
 	task := wt.dispatch(&taskstreamv1.DispatchTaskRequest{ToolName: "through"})
 	receive(t, started, "handler start")
 
