@@ -1,6 +1,6 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { TaskStatus, type Task } from "../../gen/taskstream/v1/task_pb.js";
+import { TaskSchema, TaskStatus, type Task } from "../../gen/taskstream/v1/task_pb.js";
 import { TaskTimeField, type ListTasksRequestSchema } from "../../gen/taskstream/v1/task_service_pb.js";
 import { msFromTimestamp, timestampFromMs } from "../../src/domain/time.js";
 import type { TaskQuery, TimeColumn } from "../../src/storage/task-queries.js";
@@ -61,6 +61,9 @@ export function positionAfter(request: ListRequest, task: Task): { value: number
   return { value: time ? msFromTimestamp(time) : 0, taskId: task.taskId };
 }
 
+/** Every Task field but the JSON values (args, result, suspend_payload, resume_data). */
+const SUMMARY_FIELDS = TaskSchema.fields.map((f) => f.name).filter((name) => !["args", "result", "suspend_payload", "resume_data"].includes(name));
+
 /** Every ListTasks case, for a table whose 30 days end at nowMs. */
 export function listCases(nowMs: number, deep: number): ListCase[] {
   const shuffled = <T>(items: T[]) => {
@@ -79,6 +82,8 @@ export function listCases(nowMs: number, deep: number): ListCase[] {
   const completedDesc: ListRequest = { statuses: [TaskStatus.COMPLETED], orderBy: TaskTimeField.COMPLETE_TIME, descending: true };
   return [
     { name: "first page, no filter (create_time)", depth: 0, request: () => ({}) },
+    // What a dashboard's table asks for: every field but the four JSON values.
+    { name: "first page, no filter, read_mask without args, result, payloads", depth: 0, request: () => ({ readMask: { paths: SUMMARY_FIELDS } }) },
     { name: "page 2, no filter (token)", depth: 1, request: () => ({}) },
     { name: `${deepName}, no filter`, depth: deep, request: () => ({}) },
     { name: `${deepName}, no filter, client without gzip`, depth: deep, identity: true, request: () => ({}) },
