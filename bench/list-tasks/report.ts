@@ -222,6 +222,11 @@ function sectionText(info: RunInfo, blocks: Record<Dialect, string | undefined>)
       "default `shared_buffers` of 128 MB). After seeding, `VACUUM (ANALYZE)` settles the visibility map, as autovacuum " +
       "would in time, so COUNTs run as index-only scans without heap fetches.",
     "- ✗ marks a SQLite case whose p99 misses the goal (over gRPC; on storage for the storage-only case). Times are milliseconds.",
+    "- The breakdown's last two rows time each client against a **replay server**: a process that answers every call at once with the very " +
+      "bytes of the measured response. No server can answer a client faster, so that p99 is the client's floor on the machine: where it " +
+      "is over the goal, so is every call through that client, whatever the server does.",
+    "- The **read_mask** case asks for every field but the four JSON values (args, result, suspend payload, resume data), as a dashboard's " +
+      "table would: what those values cost to send and decode.",
     "",
   ];
   for (const d of ["sqlite", "postgres"] as const) {
