@@ -322,6 +322,39 @@ describe("one port serves every protocol", () => {
   });
 });
 
+describe("a client that goes away mid-stream", () => {
+  let t: TestServer;
+  const errors: string[] = [];
+  beforeAll(async () => {
+    t = await startTestServer("sqlite", { shutdownGraceMs: 300 }, (line) => errors.push(line));
+  });
+  afterAll(() => t?.close());
+
+  // A browser tab closing on a dashboard: the stream ends, and nothing is logged as an error.
+  it("leaves no error in the server's log, over every protocol and HTTP version", async () => {
+    const baseUrl = t.server.url;
+    const transports: [string, Transport][] = [
+      ["connect-json HTTP/1.1", t.transport("connect-json")],
+      ["grpc-web HTTP/1.1", t.transport("grpc-web")],
+      ["connect HTTP/2", createConnectTransport({ baseUrl, httpVersion: "2" })],
+      ["grpc-web HTTP/2", createGrpcWebTransport({ baseUrl, httpVersion: "2" })],
+      ["grpc", t.transport("grpc")],
+    ];
+    for (const [name, transport] of transports) {
+      const abort = new AbortController();
+      const stream = createClient(TaskService, transport).streamTasks({ heartbeatInterval: { seconds: 60n } }, { signal: abort.signal });
+      for await (const res of stream) {
+        if (res.message.case === "snapshotComplete") break;
+      }
+      abort.abort();
+      // The server sees the close, ends the handler, and would log now.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(errors, name).toEqual([]);
+    }
+    expect(t.server.deps.gauges.activeStreams).toBe(0);
+  });
+});
+
 describe("TLS", () => {
   let dir: string;
   let server: TaskstreamServer;

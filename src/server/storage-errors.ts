@@ -25,13 +25,21 @@ const UNAVAILABLE_MESSAGES = [/Connection terminated/i, /timeout exceeded when t
  */
 export function storageErrors(logger: Logger): Interceptor {
   const convert = storageErrorConverter(logger);
+  // What a handler throws once its call was aborted is the abort's doing, not
+  // a fault: the deadline's or the shutdown's error stands, and a client that
+  // went away (connect-node aborts with a bare AbortError) ends it CANCELED.
+  const settle = (err: unknown, req: { signal: AbortSignal; method: { name: string } }) => {
+    if (!req.signal.aborted || err instanceof ConnectError) return convert(err, req.method.name);
+    const reason: unknown = req.signal.reason;
+    return reason instanceof ConnectError ? reason : new ConnectError("the client closed the call", Code.Canceled);
+  };
   return (next) => async (req) => {
     try {
       const res = await next(req);
       if (!res.stream) return res;
-      return { ...res, message: rethrowing(res.message, (err) => convert(err, req.method.name)) };
+      return { ...res, message: rethrowing(res.message, (err) => settle(err, req)) };
     } catch (err) {
-      throw convert(err, req.method.name);
+      throw settle(err, req);
     }
   };
 }

@@ -48,19 +48,19 @@ export async function freshDatabase(dialect: Dialect): Promise<{ location: strin
 }
 
 /** Starts the real server on 127.0.0.1, a free port and a fresh database. */
-export async function startTestServer(dialect: Dialect, overrides: Partial<Settings> = {}): Promise<TestServer> {
+export async function startTestServer(dialect: Dialect, overrides: Partial<Settings> = {}, writeLog?: (line: string) => void): Promise<TestServer> {
   const database = await freshDatabase(dialect);
-  const server = await startWith(database.location, overrides);
+  const server = await startWith(database.location, overrides, writeLog);
   return withClients(server, database.location, async () => {
     await server.close();
     await database.drop();
   });
 }
 
-/** Starts a server on an existing database (for restarts). */
-export async function startWith(location: string, overrides: Partial<Settings> = {}): Promise<TaskstreamServer> {
+/** Starts a server on an existing database (for restarts); its error log lines go to `writeLog`, if given. */
+export async function startWith(location: string, overrides: Partial<Settings> = {}, writeLog: (line: string) => void = () => {}): Promise<TaskstreamServer> {
   const settings = loadSettings([], {}, { host: "127.0.0.1", port: 0, database: location, logLevel: "error", shutdownGraceMs: 2000, ...overrides });
-  return startServer(settings, createLogger("error", () => {}));
+  return startServer(settings, createLogger("error", writeLog));
 }
 
 export function withClients(server: TaskstreamServer, database: string, stop: () => Promise<void>): TestServer {
