@@ -1,6 +1,6 @@
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { UniversalServerResponse } from "@connectrpc/connect/protocol";
+import { createAsyncIterable, encodeEnvelope, type UniversalServerResponse } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, endStreamFlag, endStreamFromJson, endStreamToJson, errorFromJsonBytes, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
@@ -74,11 +74,11 @@ async function unaryError(res: UniversalServerResponse, body: AsyncIterable<Uint
   const header = new Headers(res.header);
   const json = decompress(original, header.get("content-encoding"));
   const fixed = json && withProtocolReason(errorFromJsonBytes(json, undefined, new ConnectError("", Code.Unknown)));
-  if (!fixed) return { ...res, body: once(original) };
+  if (!fixed) return { ...res, body: createAsyncIterable([original]) };
   const bytes = errorToJsonBytes(fixed, {});
   header.delete("content-encoding");
   header.set("content-length", String(bytes.length));
-  return { ...res, status: codeToHttpStatus(fixed.code), header, body: once(bytes) };
+  return { ...res, status: codeToHttpStatus(fixed.code), header, body: createAsyncIterable([bytes]) };
 }
 
 /** A Connect stream's end message, rewritten if its error has no reason. */
@@ -119,12 +119,7 @@ function mapEndFrame(
     if (chunk.length < 5 || !(chunk[0] & flag) || Buffer.from(chunk.buffer, chunk.byteOffset, 5).readUInt32BE(1) !== chunk.length - 5) return chunk;
     const data = chunk[0] & 1 ? decompress(chunk.subarray(5), encoding ?? null) : chunk.subarray(5);
     const fixed = data && fix(data);
-    if (!fixed) return chunk;
-    const frame = Buffer.allocUnsafe(5 + fixed.length);
-    frame[0] = flag;
-    frame.writeUInt32BE(fixed.length, 1);
-    frame.set(fixed, 5);
-    return frame;
+    return fixed ? encodeEnvelope(flag, fixed) : chunk;
   });
 }
 
@@ -148,10 +143,6 @@ function mapIterator(body: AsyncIterable<Uint8Array>, map: (chunk: Uint8Array) =
       };
     },
   };
-}
-
-async function* once(bytes: Uint8Array): AsyncIterable<Uint8Array> {
-  yield bytes;
 }
 
 /** The bytes, decompressed as `encoding` says; undefined if they do not decompress. */

@@ -74,7 +74,7 @@ export function hasField(fields: TaskFields, n: number): boolean {
 
 /** Writes the content (no tag, no length) of the Task of `row`, or of its `fields` alone. */
 export function writeTask(w: WireWriter, row: TaskRow, fields: TaskFields = ALL_TASK_FIELDS): void {
-  const has = (n: number) => (fields & (1 << n)) !== 0;
+  const has = (n: number) => hasField(fields, n);
   if (has(1)) string(w, 1, row.task_id);
   if (has(2) && row.status !== 0) w.uint32(tag(2, Varint)).int32(row.status);
   if (has(3)) string(w, 3, row.tool_name);
